@@ -1,0 +1,69 @@
+"""Shared test fixtures: real MNIST from ../shared/data in a temporary root, tiny trained models.
+
+Nothing here downloads: the data come from the gzipped IDX files beside the repository
+(``../shared/data``) or from ``$STADV_DATA_SOURCE``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from stadv.data import TensorData, ensure_data, load_tensors
+from stadv.models import build_model
+from stadv.train import train_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def shared_data_source() -> Path:
+    env = os.environ.get("STADV_DATA_SOURCE")
+    return Path(env) if env else REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread() -> None:
+    # Two cores shared with Ray workers in some tests: one intra-op thread is the robust choice.
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="session")
+def data_source() -> Path:
+    src = shared_data_source()
+    if not (src / "mnist" / "t10k-images-idx3-ubyte.gz").is_file():
+        pytest.fail(f"real MNIST not found under {src} (set STADV_DATA_SOURCE)")
+    return src
+
+
+@pytest.fixture(scope="session")
+def data_root(tmp_path_factory: pytest.TempPathFactory, data_source: Path) -> Path:
+    root = tmp_path_factory.mktemp("data")
+    ensure_data("mnist", data_dir=root, source_dir=data_source, download=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_test(data_root: Path) -> TensorData:
+    return load_tensors("mnist", split="test", data_dir=data_root, download=False)
+
+
+@pytest.fixture(scope="session")
+def mnist_train_small(data_root: Path) -> TensorData:
+    return load_tensors("mnist", split="train", data_dir=data_root, download=False).slice(0, 5000)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_b(mnist_train_small: TensorData) -> torch.nn.Module:
+    """Model B trained one epoch on 5,000 real MNIST images (~93-97 % test accuracy, seconds)."""
+    torch.manual_seed(0)
+    model = build_model("B")
+    train_model(model, mnist_train_small, epochs=1, seed=0, progress=False)
+    return model.eval()
+
+
+@pytest.fixture()
+def store_dir(tmp_path: Path) -> Path:
+    return tmp_path / "store"

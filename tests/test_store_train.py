@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from stadv.data import TensorData
+from stadv.models import build_model
+from stadv.store import (
+    CheckpointError,
+    checkpoint_path,
+    load_checkpoint,
+    load_pretrained,
+    train_and_store,
+)
+from stadv.train import evaluate, train_model
+
+
+def test_tiny_training_lowers_the_loss(mnist_train_small: TensorData) -> None:
+    torch.manual_seed(0)
+    model = build_model("B")
+    small = mnist_train_small.slice(0, 1024)
+    x, y = small.images[:512], small.labels[:512]
+    model.eval()
+    before = float(torch.nn.functional.cross_entropy(model(x), y))
+    report = train_model(model, small, epochs=2, seed=0, progress=False)
+    after = float(torch.nn.functional.cross_entropy(model.eval()(x), y))
+    assert after < 0.7 * before
+    assert report.losses[1] < report.losses[0]
+
+
+def test_trained_tiny_model_beats_chance_by_far(tiny_model_b: torch.nn.Module, mnist_test: TensorData) -> None:
+    assert evaluate(tiny_model_b, mnist_test.slice(0, 2000)) > 0.85
+
+
+def test_checkpoint_round_trip_and_sidecar(store_dir: Path, data_root: Path, mnist_test: TensorData) -> None:
+    model, info = train_and_store("B", dataset="mnist", store=store_dir, data_dir=data_root, epochs=1,
+                                  train_limit=1000, progress=False)
+    path = checkpoint_path("B", "mnist", store=store_dir)
+    assert path.is_file()
+    side = json.loads(path.with_suffix(".json").read_text())
+    for key in ("model", "dataset", "epochs", "seed", "test_accuracy", "train_seconds", "versions", "sha256"):
+        assert key in side
+    assert side["model"] == "B" and side["epochs"] == 1 and side["versions"]["torch"] == torch.__version__
+    loaded, info2 = load_checkpoint(path, model_name="B")
+    assert info2 == info
+    x = mnist_test.images[:16]
+    assert torch.equal(loaded(x), model.eval()(x))
+    # load_pretrained uses the stored file (no retraining: same weights).
+    again = load_pretrained("B", dataset="mnist", store=store_dir, data_dir=data_root, device="cpu")
+    assert torch.equal(again(x), loaded(x))
+
+
+def test_corrupt_checkpoint_is_a_clear_error_never_retrained(store_dir: Path, data_root: Path) -> None:
+    train_and_store("B", store=store_dir, data_dir=data_root, epochs=1, train_limit=256, progress=False)
+    path = checkpoint_path("B", "mnist", store=store_dir)
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF
+    path.write_bytes(bytes(blob))
+    mtime = path.stat().st_mtime_ns
+    with pytest.raises(CheckpointError, match="corrupt"):
+        load_pretrained("B", store=store_dir, data_dir=data_root, device="cpu")
+    assert path.stat().st_mtime_ns == mtime  # not overwritten
+
+
+def test_mismatched_checkpoint_is_rejected(store_dir: Path, data_root: Path) -> None:
+    train_and_store("B", store=store_dir, data_dir=data_root, epochs=1, train_limit=256, progress=False)
+    path = checkpoint_path("B", "mnist", store=store_dir)
+    with pytest.raises(CheckpointError, match="holds model 'B', not 'A'"):
+        load_checkpoint(path, model_name="A")
+    # Weights of another architecture under B's name: rejected by the strict state-dict load.
+    side = json.loads(path.with_suffix(".json").read_text())
+    side["model"] = "C"
+    path.with_suffix(".json").write_text(json.dumps(side))
+    with pytest.raises(CheckpointError, match="does not fit model C"):
+        load_checkpoint(path)
+
+
+def test_missing_checkpoint_without_training(store_dir: Path) -> None:
+    with pytest.raises(CheckpointError, match="stadv train --model A"):
+        load_pretrained("A", store=store_dir, train_if_missing=False, device="cpu")
+
+
+def test_bad_training_arguments(mnist_train_small: TensorData) -> None:
+    with pytest.raises(ValueError, match="epochs must be >= 1, got 0"):
+        train_model(build_model("B"), mnist_train_small, epochs=0)
+    with pytest.raises(ValueError, match="variant"):
+        checkpoint_path("A", "mnist", variant="../evil")
