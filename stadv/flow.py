@@ -114,8 +114,10 @@ def warp(images: torch.Tensor, flow: torch.Tensor, *, padding: str = "border", u
 def _neighbour_sq_diffs(flow: torch.Tensor, neighbours: str) -> torch.Tensor:
     """(K, N, H, W): ``|du_p - du_q|^2 + |dv_p - dv_q|^2`` for each of the K neighbour offsets.
 
-    Out-of-image neighbours are the pixel itself (replicate padding, as the TensorFlow
-    reference's symmetric padding of width 1), so they add nothing but ``eps`` in Eq. 4.
+    Out-of-image neighbours take the value of the nearest in-image pixel (replicate padding,
+    which is what the TensorFlow reference's symmetric padding of width 1 amounts to): for the
+    4-neighbourhood that is the pixel itself (a term of ``sqrt(eps)`` in Eq. 4); for a diagonal
+    offset at an edge it is the adjacent pixel along that edge.
     """
     h, w = flow.shape[-2:]
     padded = F.pad(flow, (1, 1, 1, 1), mode="replicate")

@@ -7,6 +7,7 @@ Nothing here downloads: the data come from the gzipped IDX files beside the repo
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -67,3 +68,42 @@ def tiny_model_b(mnist_train_small: TensorData) -> torch.nn.Module:
 @pytest.fixture()
 def store_dir(tmp_path: Path) -> Path:
     return tmp_path / "store"
+
+
+# --- sweeps (tests/test_sweeps.py): one Ray instance and one model store per session ---------
+
+
+@pytest.fixture(scope="session")
+def ray_address() -> Iterator[str]:
+    """A local Ray instance shared by the sweep tests (2 CPUs, no dashboard, no auth token).
+
+    The sweep scripts run as subprocesses and join it with ``--address``; starting Ray once
+    saves ~5 s per sweep.
+    """
+    import ray
+
+    saved = os.environ.get("RAY_AUTH_MODE")
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
+    try:
+        yield ray.get_runtime_context().gcs_address
+    finally:
+        ray.shutdown()
+        if saved is None:
+            os.environ.pop("RAY_AUTH_MODE", None)
+        else:
+            os.environ["RAY_AUTH_MODE"] = saved
+
+
+@pytest.fixture(scope="session")
+def sweep_env(data_source: Path) -> dict[str, str]:
+    """Environment of sweep subprocesses: no auth token, real MNIST, no inherited MLflow URI."""
+    env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
+    env.update(RAY_AUTH_MODE="disabled", STADV_DATA_SOURCE=str(data_source), PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture(scope="session")
+def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model store shared by the sweep tests (the smoke model is quick-trained into it once)."""
+    return tmp_path_factory.mktemp("sweep-store")

@@ -1,0 +1,125 @@
+"""Defenses against adversarial examples, as ordinary models every attack can differentiate.
+
+* Adversarial training (:mod:`defenses.adversarial_training`): per-batch losses for
+  :func:`stadv.train.train_model`; the trained models go to the model store under the variant
+  ``adv-fgsm``, ``adv-pgd`` or ``adv-ensemble`` (``stadv train --defense ...``).
+* Pre-processing (:mod:`defenses.blur`, :mod:`defenses.denoiser`): ``nn.Module`` s composed in
+  front of a model, ``nn.Sequential(preprocessor, model)``; white-box attacks see through them.
+
+:func:`defended_model` loads any of them from the store by name.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal, get_args
+
+import torch
+from torch import nn
+
+from defenses.adversarial_training import (
+    EnsembleAdversarialLoss,
+    FGSMAdversarialLoss,
+    PGDAdversarialLoss,
+    prepared_model,
+)
+from defenses.blur import GaussianBlur
+from defenses.denoiser import DenoisingAutoencoder, load_denoiser, train_denoiser
+from stadv.devices import resolve_device
+from stadv.flow import check_choice
+
+TrainingDefense = Literal["none", "fgsm", "pgd", "ensemble"]
+Defense = Literal["none", "fgsm", "pgd", "ensemble", "blur", "denoiser"]
+TRAINING_DEFENSES: tuple[str, ...] = get_args(TrainingDefense)
+DEFENSES: tuple[str, ...] = get_args(Defense)
+
+#: Store variant of each adversarially trained model: ``<dataset>-<model>-<variant>.pt``.
+TRAINING_VARIANTS: dict[str, str] = {
+    "none": "",
+    "fgsm": "adv-fgsm",
+    "pgd": "adv-pgd",
+    "ensemble": "adv-ensemble",
+}
+
+__all__ = [
+    "DEFENSES",
+    "TRAINING_DEFENSES",
+    "TRAINING_VARIANTS",
+    "DenoisingAutoencoder",
+    "EnsembleAdversarialLoss",
+    "FGSMAdversarialLoss",
+    "GaussianBlur",
+    "PGDAdversarialLoss",
+    "defended_model",
+    "defense_variant",
+    "load_denoiser",
+    "prepared_model",
+    "train_denoiser",
+]
+
+
+def defense_variant(defense: str) -> str:
+    """The store variant of an adversarial-training defense (``""`` for ``"none"``)."""
+    return TRAINING_VARIANTS[check_choice("training defense", defense, TRAINING_DEFENSES)]
+
+
+def defended_model(
+    name: str,
+    defense: str,
+    *,
+    dataset: str = "mnist",
+    store: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+    blur_kernel_size: int = 3,
+    blur_sigma: float = 1.0,
+    denoiser_variant: str = "",
+    train_if_missing: bool = False,
+) -> nn.Module:
+    """Model ``name`` ("A", "B", "C") under ``defense``, from the store, in eval mode.
+
+    Args:
+        defense: ``"none"``; ``"fgsm"``, ``"pgd"``, ``"ensemble"`` (the adversarially trained
+            checkpoint ``<dataset>-<name>-adv-<defense>.pt``; never trained here: missing ones
+            raise :class:`~stadv.store.CheckpointError` naming ``stadv train --defense``);
+            ``"blur"`` (``nn.Sequential(GaussianBlur(blur_kernel_size, blur_sigma), model)``) or
+            ``"denoiser"`` (``nn.Sequential(stored denoiser, model)``).
+        dataset, store, data_dir, device: as :func:`stadv.store.load_pretrained`.
+        blur_kernel_size [3], blur_sigma [1.0]: the blur's parameters.
+        denoiser_variant: which stored denoiser [""].
+        train_if_missing: train a missing *undefended* base model first [False].
+    Raises:
+        ValueError: an unknown defense (the message lists them) or bad blur parameters.
+    """
+    from stadv.store import checkpoint_path, load_checkpoint, load_pretrained
+
+    key = check_choice("defense", defense, DEFENSES)
+    dev = resolve_device(device)
+    blur = GaussianBlur(kernel_size=blur_kernel_size, sigma=blur_sigma) if key == "blur" else None
+    if key in ("fgsm", "pgd", "ensemble"):
+        path = checkpoint_path(name, dataset, store=store, variant=TRAINING_VARIANTS[key])
+        if not path.is_file():
+            from stadv.store import CheckpointError
+
+            raise CheckpointError(
+                f"no adversarially trained model at {path}; run "
+                f"`stadv train --model {name} --dataset {dataset} --defense {key}`"
+            )
+        model, _ = load_checkpoint(path, model_name=name, map_location=dev)
+        return model.to(dev).eval()
+    base = load_pretrained(
+        name,
+        dataset=dataset,
+        store=store,
+        data_dir=data_dir,
+        device=dev,
+        train_if_missing=train_if_missing,
+    )
+    if key == "none":
+        return base
+    pre: nn.Module = (
+        blur
+        if blur is not None
+        else load_denoiser(dataset, store=store, variant=denoiser_variant, device=dev)
+    )
+    return nn.Sequential(pre, base).to(dev).eval()

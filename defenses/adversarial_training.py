@@ -1,0 +1,214 @@
+"""Adversarial training: per-batch losses for :func:`stadv.train.train_model`'s ``loss_fn``.
+
+Each loss crafts adversarial examples of the batch and mixes their cross-entropy with the clean
+one, ``L = (1 - lambda) * CE(Z(x), y) + lambda * CE(Z(x_adv), y)`` (``adv_weight`` = lambda):
+
+* :class:`FGSMAdversarialLoss`: Goodfellow et al. (ICLR 2015) as in Tramèr et al.'s
+  ensemble adversarial training code (``train_adv.py``): FGSM with epsilon 0.3 on the model
+  being trained, lambda = 0.5, and the gradient taken for the model's own predicted class
+  instead of the true label (``gen_grad(..., loss="training")``: no label leaking, Kurakin et
+  al. 2017); the adversarial loss uses the true labels.
+* :class:`EnsembleAdversarialLoss`: Tramèr et al. (ICLR 2018, arXiv 1705.07204): the same,
+  but each batch's FGSM examples come from a source drawn uniformly from the model being trained
+  and static pre-trained models (``idx = np.random.randint(len(x_advs))`` in their code).
+* :class:`PGDAdversarialLoss`: Madry et al. (ICLR 2018): 40 steps of 0.01 in the 0.3 L-inf ball
+  from a random start, training on the adversarial examples only (lambda = 1).
+
+Attack generation runs inside :func:`prepared_model` (eval mode, parameter gradients off,
+both restored on exit), so dropout is off while crafting and the crafted examples carry no
+graph; the losses themselves are evaluated in the caller's (training) mode.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from stadv.attack_common import (
+    check_bounds,
+    check_int,
+    check_real,
+    loss_ascent_gradient,
+    prepared_model,
+)
+from stadv.pgd import PGD
+
+__all__ = [
+    "EnsembleAdversarialLoss",
+    "FGSMAdversarialLoss",
+    "PGDAdversarialLoss",
+    "fgsm_examples",
+    "prepared_model",
+]
+
+
+def fgsm_examples(
+    model: nn.Module,
+    images: torch.Tensor,
+    *,
+    epsilon: float,
+    labels: torch.Tensor | None = None,
+    bounds: tuple[float, float] = (0.0, 1.0),
+) -> torch.Tensor:
+    """FGSM examples ``clip(x + epsilon * sign(grad_x CE(Z(x), y')))``, detached.
+
+    ``y'`` is ``labels`` when given, else the model's own prediction on ``images`` (Tramèr et
+    al.'s training-time choice). Runs in eval mode with frozen parameters (restored after).
+    """
+    with prepared_model(model) as net:
+        if labels is None:
+            with torch.no_grad():
+                labels = net(images).argmax(dim=1)
+        grad = loss_ascent_gradient(net, images, labels, None)
+    return (images.detach() + epsilon * grad.sign()).clamp(*bounds)
+
+
+def _mix(
+    model: nn.Module, images: torch.Tensor, adv: torch.Tensor, labels: torch.Tensor, weight: float
+) -> torch.Tensor:
+    adv_loss = F.cross_entropy(model(adv), labels)
+    if weight == 1.0:
+        return adv_loss
+    return (1.0 - weight) * F.cross_entropy(model(images), labels) + weight * adv_loss
+
+
+def _check_weight(adv_weight: float) -> None:
+    check_real("adv_weight", adv_weight)
+    if adv_weight > 1:
+        raise ValueError(f"adv_weight must lie in [0, 1], got {adv_weight!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class FGSMAdversarialLoss:
+    """FGSM adversarial training loss (Goodfellow et al. 2015; Tramèr et al.'s settings).
+
+    Args (keyword-only; defaults in brackets):
+        epsilon: FGSM's L-inf step [0.3]. Finite, >= 0.
+        adv_weight: lambda, the adversarial share of the loss [0.5: half clean, half adversarial].
+        use_predictions: craft against the model's predicted class (True, default, no label
+            leaking) or the true label (False).
+        bounds: valid pixel range [(0.0, 1.0)].
+
+    Example::
+
+        >>> train_model(model, data, loss_fn=FGSMAdversarialLoss(epsilon=0.3))
+    """
+
+    epsilon: float = 0.3
+    adv_weight: float = 0.5
+    use_predictions: bool = True
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        check_real("epsilon", self.epsilon)
+        _check_weight(self.adv_weight)
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        adv = fgsm_examples(
+            model,
+            images,
+            epsilon=self.epsilon,
+            labels=None if self.use_predictions else labels,
+            bounds=self.bounds,
+        )
+        return _mix(model, images, adv, labels, self.adv_weight)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleAdversarialLoss:
+    """Ensemble adversarial training loss (Tramèr et al. 2018).
+
+    Per batch, the FGSM source is drawn uniformly from ``[model being trained, *static_models]``
+    with torch's global generator (seeded by the training loop). Static models are never
+    updated: they are used in eval mode with frozen parameters, and moved to the batch's device.
+
+    Args (keyword-only; defaults in brackets):
+        static_models: the pre-trained models (at least one), typically other architectures.
+        epsilon [0.3], adv_weight [0.5], use_predictions [True], bounds [(0, 1)]: as
+            :class:`FGSMAdversarialLoss`.
+    """
+
+    static_models: tuple[nn.Module, ...]
+    epsilon: float = 0.3
+    adv_weight: float = 0.5
+    use_predictions: bool = True
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        models = tuple(self.static_models)
+        if not models or not all(isinstance(m, nn.Module) for m in models):
+            raise ValueError(
+                "static_models must be a non-empty sequence of nn.Module, "
+                f"got {self.static_models!r}"
+            )
+        object.__setattr__(self, "static_models", models)
+        check_real("epsilon", self.epsilon)
+        _check_weight(self.adv_weight)
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        source_index = int(torch.randint(len(self.static_models) + 1, (1,)))
+        source = (
+            model if source_index == 0 else self.static_models[source_index - 1].to(images.device)
+        )
+        adv = fgsm_examples(
+            source,
+            images,
+            epsilon=self.epsilon,
+            labels=None if self.use_predictions else labels,
+            bounds=self.bounds,
+        )
+        return _mix(model, images, adv, labels, self.adv_weight)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGDAdversarialLoss:
+    """PGD adversarial training loss (Madry et al. 2018).
+
+    Args (keyword-only; defaults in brackets, Madry et al.'s MNIST settings):
+        epsilon: L-inf radius [0.3]. alpha: step size [0.01]. steps: PGD steps [40].
+        random_start: uniform start in the ball [True], drawn from torch's global generator
+            (seeded by the training loop).
+        adv_weight: lambda [1.0: adversarial examples only].
+        bounds: valid pixel range [(0.0, 1.0)].
+    """
+
+    epsilon: float = 0.3
+    alpha: float = 0.01
+    steps: int = 40
+    random_start: bool = True
+    adv_weight: float = 1.0
+    bounds: tuple[float, float] = (0.0, 1.0)
+
+    def __post_init__(self) -> None:
+        check_real("epsilon", self.epsilon)
+        check_real("alpha", self.alpha, strict=True)
+        check_int("steps", self.steps, low=1)
+        _check_weight(self.adv_weight)
+        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+
+    @property
+    def attack(self) -> PGD:
+        return PGD(
+            epsilon=self.epsilon,
+            alpha=self.alpha,
+            steps=self.steps,
+            random_start=self.random_start,
+            seed=None,
+            bounds=self.bounds,
+            check=False,
+        )
+
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
+        adv = self.attack(model, images, labels).adv_images
+        return _mix(model, images, adv, labels, self.adv_weight)

@@ -1,0 +1,229 @@
+"""What every attack shares: the model's attack mode, the margin, and the result record.
+
+* :func:`prepared_model`: a context manager that puts a model in eval mode with parameter
+  gradients off and restores both on exit (attacks and adversarial training use it).
+* :func:`margin_loss`: the Carlini-Wagner margin on logits Z, per sample.
+* :func:`finalize_result`: builds an :class:`~stadv.result.AttackResult` from adversarial
+  images, always from the model's own prediction on them.
+* small validators for hyper-parameters (``ValueError`` naming the bad value).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+from torch import nn
+
+from stadv.result import AttackResult
+
+
+@contextmanager
+def prepared_model(model: nn.Module) -> Iterator[nn.Module]:
+    """``model`` in eval mode with ``requires_grad=False`` on every parameter, restored on exit.
+
+    Eval mode turns dropout off (and uses running batch-norm statistics), so an attack sees the
+    deterministic function it is evaluated on; frozen parameters mean input gradients cost no
+    parameter gradients and leave ``.grad`` untouched. The training flag of every sub-module and
+    the ``requires_grad`` of every parameter are restored individually, also on an exception.
+
+    Example::
+
+        >>> with prepared_model(model) as net:
+        ...     adv = attack_step(net, images)
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    grads = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in grads:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for m, training in modes:
+            m.training = training
+        for p, flag in grads:
+            p.requires_grad_(flag)
+
+
+def margin_loss(
+    logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+) -> torch.Tensor:
+    """Per-sample adversarial margin on logits Z (Carlini & Wagner 2017, f_6 with kappa = 0).
+
+    Targeted: ``max_{i != t} Z_i - Z_t``; untargeted: ``Z_y - max_{i != y} Z_i``. Negative means
+    the attack succeeds (ties aside). Args: ``logits`` (M, K), ``labels`` (M,), ``targets`` (M,)
+    or None. Returns (M,). Differentiable in ``logits``.
+    """
+    cls = labels if targets is None else targets
+    own = logits.gather(1, cls.unsqueeze(1)).squeeze(1)
+    others = logits.scatter(1, cls.unsqueeze(1), float("-inf")).amax(dim=1)
+    return own - others if targets is None else others - own
+
+
+def _per_sample(value: int | torch.Tensor, m: int, device: torch.device) -> torch.Tensor:
+    if isinstance(value, torch.Tensor):
+        out = value.to(device=device, dtype=torch.int64).reshape(-1)
+        if out.numel() == 1 and m != 1:
+            out = out.expand(m).clone()
+        if out.shape != (m,):
+            raise ValueError(f"expected {m} per-sample counts, got shape {tuple(value.shape)}")
+        return out
+    return torch.full((m,), int(value), dtype=torch.int64, device=device)
+
+
+def finalize_result(
+    model: nn.Module,
+    *,
+    adv_images: torch.Tensor,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    targets: torch.Tensor | None,
+    source_index: torch.Tensor,
+    iterations: int | torch.Tensor,
+    evaluations: int | torch.Tensor,
+    stop_reason: str | Sequence[str],
+    seconds: float,
+    flows: torch.Tensor | None = None,
+    flow_loss: torch.Tensor | None = None,
+    extra: dict[str, Any] | None = None,
+    batch_size: int = 1024,
+) -> AttackResult:
+    """The :class:`~stadv.result.AttackResult` of ``adv_images``, judged by ``model`` itself.
+
+    Success, predictions and margin come from one forward pass on ``adv_images`` (in eval mode,
+    without gradients; the caller's mode is restored), so ``success`` always agrees with the
+    model. Targeted: ``success = pred == target``; untargeted: ``pred != label``.
+
+    Args:
+        model: the attacked logits model.
+        adv_images: (M, C, H, W) returned images. images: (M, C, H, W) their sources (one row
+            per attack, as :func:`stadv.targets.expand_targets` returns them).
+        labels, targets, source_index: (M,) each (targets None for untargeted attacks).
+        iterations, evaluations: per-attack counts (M,) or one int for all.
+        stop_reason: one string per attack, or one string for all.
+        seconds: wall time of the whole attack call.
+        flows, flow_loss: stAdv's flow fields and L_flow (None for pixel attacks).
+        extra: free-form details (attack name, hyper-parameters).
+        batch_size: forward-pass chunk size [1024]; does not change the result.
+    """
+    m = adv_images.shape[0]
+    if images.shape != adv_images.shape:
+        raise ValueError(
+            f"images {tuple(images.shape)} and adv_images {tuple(adv_images.shape)} differ in shape"
+        )
+    device = adv_images.device
+    adv = adv_images.detach()
+    with prepared_model(model) as net, torch.no_grad():
+        chunks = [net(adv[s : s + batch_size]) for s in range(0, m, batch_size)]
+    if chunks:
+        logits = torch.cat(chunks)
+    else:
+        logits = adv.new_zeros((0, 2))
+    y = labels.to(device=device, dtype=torch.int64)
+    t = None if targets is None else targets.to(device=device, dtype=torch.int64)
+    pred = logits.argmax(dim=1)
+    success = pred == t if t is not None else pred != y
+    diff = (adv - images.detach().to(device)).flatten(1)
+    if isinstance(stop_reason, str):
+        reasons: tuple[str, ...] = (stop_reason,) * m
+    else:
+        reasons = tuple(stop_reason)
+        if len(reasons) != m:
+            raise ValueError(f"expected {m} stop reasons, got {len(reasons)}")
+    return AttackResult(
+        adv_images=adv,
+        success=success,
+        predictions=pred,
+        labels=y,
+        targets=t,
+        source_index=source_index.to(device=device, dtype=torch.int64),
+        iterations=_per_sample(iterations, m, device),
+        evaluations=_per_sample(evaluations, m, device),
+        margin=margin_loss(logits, y, t) if m else adv.new_zeros(0),
+        l2=diff.norm(p=2, dim=1) if m else adv.new_zeros(0),
+        linf=diff.abs().amax(dim=1) if m else adv.new_zeros(0),
+        seconds=float(seconds),
+        stop_reason=reasons,
+        flows=None if flows is None else flows.detach(),
+        flow_loss=None if flow_loss is None else flow_loss.detach(),
+        extra=dict(extra or {}),
+    )
+
+
+# -- validators --------------------------------------------------------------------------
+
+
+def check_real(name: str, value: object, *, low: float = 0.0, strict: bool = False) -> float:
+    """``value`` as a finite float ``>= low`` (``> low`` when ``strict``); else ``ValueError``."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        if value > low or (value == low and not strict):
+            return float(value)
+    raise ValueError(
+        f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}"
+    )
+
+
+def check_int(name: str, value: object, *, low: int) -> int:
+    """``value`` as an int ``>= low`` (bools refused); else ``ValueError``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    return value
+
+
+def check_bounds(bounds: object) -> tuple[float, float]:
+    """``bounds`` as a pair of finite floats ``(low, high)`` with ``low < high``."""
+    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
+        raise ValueError(f"bounds must be a pair (low, high), got {bounds!r}")
+    lo, hi = bounds
+    for v in (lo, hi):
+        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+            raise ValueError(f"bounds must be finite numbers, got {bounds!r}")
+    if not lo < hi:
+        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
+    return float(lo), float(hi)
+
+
+def check_inputs(images: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float]) -> None:
+    """Shape and range checks shared by the pixel-space attacks."""
+    if images.dim() != 4:
+        raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
+    if not images.dtype.is_floating_point:
+        raise ValueError(f"images must be a floating-point tensor, got {images.dtype}")
+    if labels.shape != images.shape[:1]:
+        raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+    if images.numel() and (float(images.min()) < bounds[0] or float(images.max()) > bounds[1]):
+        raise ValueError(
+            f"images must lie in bounds {bounds}, "
+            f"got values in [{float(images.min())}, {float(images.max())}]"
+        )
+
+
+def loss_ascent_gradient(
+    model: nn.Module, images: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
+) -> torch.Tensor:
+    """Gradient (M, C, H, W) of the attacker's cross-entropy objective at ``images``.
+
+    Untargeted: ``grad_x CE(Z(x), y)`` (ascend the true label's loss); targeted:
+    ``-grad_x CE(Z(x), t)`` (descend the target's loss), so an attack always steps *along* it.
+    The loss is summed over samples, so each row's gradient is independent of the batch.
+    """
+    x = images.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        if targets is None:
+            loss = torch.nn.functional.cross_entropy(logits, labels, reduction="sum")
+        else:
+            loss = -torch.nn.functional.cross_entropy(logits, targets, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return grad.detach()
+
+
+def count_zero_gradients(grad: torch.Tensor) -> int:
+    """Number of samples whose input gradient is identically zero (gradient masking, saturation)."""
+    if grad.numel() == 0:
+        return 0
+    return int((grad.reshape(grad.shape[0], -1).abs().amax(dim=1) == 0).sum())
