@@ -144,13 +144,26 @@ class StAdv:
             object.__setattr__(self, name, check_choice(name, getattr(self, name), allowed))
         for name in ("tau", "kappa", "pgtol", "factr", "flow_eps", "lr"):
             value = getattr(self, name)
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not value >= 0 or value == float("inf"):
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not value >= 0
+                or value == float("inf")
+            ):
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.lr == 0:
             raise ValueError("lr must be > 0, got 0")
-        if self.init_scale is not None and not (self.init_scale >= 0 and self.init_scale != float("inf")):
+        if self.init_scale is not None and not (
+            self.init_scale >= 0 and self.init_scale != float("inf")
+        ):
             raise ValueError(f"init_scale must be a finite number >= 0, got {self.init_scale!r}")
-        for name, low in (("max_iterations", 0), ("history", 1), ("max_linesearch", 1), ("batch_size", 1), ("num_classes", 2)):
+        for name, low in (
+            ("max_iterations", 0),
+            ("history", 1),
+            ("max_linesearch", 1),
+            ("batch_size", 1),
+            ("num_classes", 2),
+        ):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -193,22 +206,32 @@ class StAdv:
         if images.dim() != 4:
             raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
         if labels.shape != images.shape[:1]:
-            raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
+            raise ValueError(
+                f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}"
+            )
         x = images.detach().to(device)
         y = labels.detach().to(device)
         with prepared_model(model) as net:
             if self.check and x.shape[0] > 0:
                 check_model(net, x[: min(8, x.shape[0])])
-            xs, ys, ts, src = expand_targets(net, x, y, targets, num_classes=self.num_classes, seed=self.seed)
+            xs, ys, ts, src = expand_targets(
+                net, x, y, targets, num_classes=self.num_classes, seed=self.seed
+            )
             flows: list[torch.Tensor] = []
             solved: list[SolverResult] = []
             for lo in range(0, xs.shape[0], self.batch_size):
                 hi = min(lo + self.batch_size, xs.shape[0])
-                flow, res = self._attack_chunk(net, xs[lo:hi], ys[lo:hi], None if ts is None else ts[lo:hi], first_row=lo)
+                flow, res = self._attack_chunk(
+                    net, xs[lo:hi], ys[lo:hi], None if ts is None else ts[lo:hi], first_row=lo
+                )
                 flows.append(flow)
                 solved.append(res)
             flow_all = torch.cat(flows) if flows else x.new_zeros((0, 2, *x.shape[2:]))
-            adv = warp(xs, flow_all, padding=self.padding, units=self.units).clamp(0, 1) if xs.shape[0] else xs
+            adv = (
+                warp(xs, flow_all, padding=self.padding, units=self.units).clamp(0, 1)
+                if xs.shape[0]
+                else xs
+            )
             lflow = self._flow_loss(flow_all) if xs.shape[0] else x.new_zeros(0)
             return finalize_result(
                 net,
@@ -227,9 +250,17 @@ class StAdv:
             )
 
     def _flow_loss(self, flow: torch.Tensor) -> torch.Tensor:
-        return flow_loss(flow, variant=self.flow_loss, neighbours=self.neighbours, eps=self.flow_eps, eq5_scale=self.eq5_scale)
+        return flow_loss(
+            flow,
+            variant=self.flow_loss,
+            neighbours=self.neighbours,
+            eps=self.flow_eps,
+            eq5_scale=self.eq5_scale,
+        )
 
-    def _initial_flow(self, n: int, shape: tuple[int, int], first_row: int, like: torch.Tensor) -> torch.Tensor:
+    def _initial_flow(
+        self, n: int, shape: tuple[int, int], first_row: int, like: torch.Tensor
+    ) -> torch.Tensor:
         """Initial flows, row r drawn from a generator seeded by (seed, global row index).
 
         Seeding per attack keeps a batch equal to the same attacks run one by one.
@@ -303,24 +334,37 @@ class StAdv:
             from stadv.solvers.lbfgs import lbfgs_minimize
 
             return lbfgs_minimize(
-                objective, x0, max_iterations=self.max_iterations, pgtol=self.pgtol, factr=self.factr,
-                history=self.history, max_linesearch=self.max_linesearch, should_stop=should_stop,
+                objective,
+                x0,
+                max_iterations=self.max_iterations,
+                pgtol=self.pgtol,
+                factr=self.factr,
+                history=self.history,
+                max_linesearch=self.max_linesearch,
+                should_stop=should_stop,
             )
         if self.solver in ("scipy", "scipy-loop"):
             from stadv.solvers.scipy_lbfgsb import scipy_lbfgsb_minimize
 
             return scipy_lbfgsb_minimize(
-                objective, x0, max_iterations=self.max_iterations, pgtol=self.pgtol, factr=self.factr,
-                history=self.history, max_linesearch=self.max_linesearch, should_stop=should_stop,
+                objective,
+                x0,
+                max_iterations=self.max_iterations,
+                pgtol=self.pgtol,
+                factr=self.factr,
+                history=self.history,
+                max_linesearch=self.max_linesearch,
+                should_stop=should_stop,
                 batched=self.solver == "scipy",
             )
         from stadv.solvers.adam import adam_minimize
 
-        return adam_minimize(objective, x0, steps=self.max_iterations, lr=self.lr, should_stop=should_stop)
+        return adam_minimize(
+            objective, x0, steps=self.max_iterations, lr=self.lr, should_stop=should_stop
+        )
 
 
 def _cat_long(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
     if not parts:
         return torch.zeros(0, dtype=torch.int64, device=device)
     return torch.cat([p.to(device=device, dtype=torch.int64) for p in parts])
-

@@ -33,15 +33,26 @@ def add_attack_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], 
     p.add_argument("--model", default="A", help="A, B or C")
     p.add_argument("--start", type=int, default=0, help="first test image (K)")
     p.add_argument("--n-images", type=int, default=100)
-    p.add_argument("--targets", default="all", choices=TARGET_CHOICES, help="target protocol; 'none' = untargeted")
+    p.add_argument(
+        "--targets",
+        default="all",
+        choices=TARGET_CHOICES,
+        help="target protocol; 'none' = untargeted",
+    )
     p.add_argument("--out", default=None, help="folder for figures and the per-attack table")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
-    p.add_argument("--no-train", action="store_true", help="fail instead of training a missing model")
+    p.add_argument(
+        "--no-train", action="store_true", help="fail instead of training a missing model"
+    )
     for f in dataclasses.fields(StAdv):
         if f.name in _SKIP:
             continue
         flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {"default": None, "dest": f"attack_{f.name}", "type": _field_type(f)}
+        kwargs: dict[str, Any] = {
+            "default": None,
+            "dest": f"attack_{f.name}",
+            "type": _field_type(f),
+        }
         if f.name in CHOICES:
             kwargs["choices"] = CHOICES[f.name]
         p.add_argument(flag, help=f"StAdv.{f.name} (default {f.default!r})", **kwargs)
@@ -71,14 +82,30 @@ def cmd_attack(args: argparse.Namespace) -> int:
     attack = attack_from_args(args)
     name = check_model_name(args.model)
     if args.n_images < 1 or args.start < 0:
-        raise ValueError(f"need --start >= 0 and --n-images >= 1, got start={args.start}, n_images={args.n_images}")
-    ensure_data(args.dataset, data_dir=args.data_dir, source_dir=args.data_source, download=not args.no_download)
+        raise ValueError(
+            f"need --start >= 0 and --n-images >= 1, got start={args.start}, n_images={args.n_images}"
+        )
+    ensure_data(
+        args.dataset,
+        data_dir=args.data_dir,
+        source_dir=args.data_source,
+        download=not args.no_download,
+    )
     test = load_tensors(args.dataset, split="test", data_dir=args.data_dir)
     if args.start + args.n_images > len(test):
-        raise ValueError(f"images {args.start}..{args.start + args.n_images - 1} exceed the {len(test)} test images")
+        raise ValueError(
+            f"images {args.start}..{args.start + args.n_images - 1} exceed the {len(test)} test images"
+        )
     device = resolve_device(args.device)
-    model = load_pretrained(name, dataset=args.dataset, store=args.store, data_dir=args.data_dir, device=device,
-                            train_if_missing=not args.no_train, progress=not args.json)
+    model = load_pretrained(
+        name,
+        dataset=args.dataset,
+        store=args.store,
+        data_dir=args.data_dir,
+        device=device,
+        train_if_missing=not args.no_train,
+        progress=not args.json,
+    )
     data = test.slice(args.start, args.start + args.n_images)
     images, labels = data.images.to(device), data.labels.to(device)
     targets = None if args.targets == "none" else args.targets

@@ -50,8 +50,16 @@ _SOURCE_SUBDIRS: dict[str, tuple[str, ...]] = {
 CLASS_NAMES: dict[str, tuple[str, ...]] = {
     "mnist": tuple(str(i) for i in range(10)),
     "fashion-mnist": (
-        "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-        "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+        "T-shirt/top",
+        "Trouser",
+        "Pullover",
+        "Dress",
+        "Coat",
+        "Sandal",
+        "Shirt",
+        "Sneaker",
+        "Bag",
+        "Ankle boot",
     ),
 }
 
@@ -189,13 +197,17 @@ def ensure_data(
         install_from_source(key, source, root)
         return root
     if not download:
-        raise DataNotFoundError(_missing_message(key, root, source, "no local copy and download is off"))
+        raise DataNotFoundError(
+            _missing_message(key, root, source, "no local copy and download is off")
+        )
     try:
         _TORCHVISION_CLASS[key](str(root), train=False, download=True)
         _TORCHVISION_CLASS[key](str(root), train=True, download=True)
     except Exception as err:  # any network or mirror failure becomes the one clear message
         raise DataNotFoundError(
-            _missing_message(key, root, source, f"the download failed ({type(err).__name__}: {err})")
+            _missing_message(
+                key, root, source, f"the download failed ({type(err).__name__}: {err})"
+            )
         ) from err
     return root
 
@@ -218,7 +230,9 @@ def load_dataset(
     root = ensure_data(key, data_dir=data_dir, source_dir=source_dir, download=download)
     from torchvision.transforms import ToTensor
 
-    return _TORCHVISION_CLASS[key](str(root), train=split == "train", download=False, transform=ToTensor())
+    return _TORCHVISION_CLASS[key](
+        str(root), train=split == "train", download=False, transform=ToTensor()
+    )
 
 
 def load_tensors(
@@ -230,7 +244,9 @@ def load_tensors(
     download: bool = True,
 ) -> TensorData:
     """The whole split as tensors (no per-item transform: fast for training and attacks)."""
-    ds = load_dataset(name, split=split, data_dir=data_dir, source_dir=source_dir, download=download)
+    ds = load_dataset(
+        name, split=split, data_dir=data_dir, source_dir=source_dir, download=download
+    )
     images = ds.data.unsqueeze(1).to(torch.float32).div_(255.0)
     labels = torch.as_tensor(ds.targets, dtype=torch.int64)
     return TensorData(images, labels)

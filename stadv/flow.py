@@ -56,7 +56,9 @@ def _check_flow(images: torch.Tensor | None, flow: torch.Tensor) -> None:
         if images.dim() != 4:
             raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
         if images.shape[0] != flow.shape[0] or images.shape[2:] != flow.shape[2:]:
-            raise ValueError(f"flow {tuple(flow.shape)} does not match images {tuple(images.shape)}")
+            raise ValueError(
+                f"flow {tuple(flow.shape)} does not match images {tuple(images.shape)}"
+            )
 
 
 def to_pixels(flow: torch.Tensor, units: str = "pixels") -> torch.Tensor:
@@ -68,7 +70,9 @@ def to_pixels(flow: torch.Tensor, units: str = "pixels") -> torch.Tensor:
     return flow * scale
 
 
-def warp(images: torch.Tensor, flow: torch.Tensor, *, padding: str = "border", units: str = "pixels") -> torch.Tensor:
+def warp(
+    images: torch.Tensor, flow: torch.Tensor, *, padding: str = "border", units: str = "pixels"
+) -> torch.Tensor:
     """Resample ``images`` (N, C, H, W) at ``p + flow(p)``, bilinearly and differentiably.
 
     Args:

@@ -56,20 +56,32 @@ def summarize(result: AttackResult) -> dict[str, float]:
     if result.targeted:
         k = int(result.success.sum())
         lo, hi = wilson_interval(k, n)
-        out.update(targeted_success_rate=k / n if n else float("nan"), targeted_success_ci_low=lo, targeted_success_ci_high=hi)
+        out.update(
+            targeted_success_rate=k / n if n else float("nan"),
+            targeted_success_ci_low=lo,
+            targeted_success_ci_high=hi,
+        )
     k_u = int(fooled.sum())
     lo_u, hi_u = wilson_interval(k_u, n)
-    out.update(untargeted_success_rate=k_u / n if n else float("nan"), untargeted_success_ci_low=lo_u, untargeted_success_ci_high=hi_u)
+    out.update(
+        untargeted_success_rate=k_u / n if n else float("nan"),
+        untargeted_success_ci_low=lo_u,
+        untargeted_success_ci_high=hi_u,
+    )
     ok = result.success
     out["mean_flow_loss"] = _mean(result.flow_loss)
     out["median_flow_loss"] = _median(result.flow_loss)
-    out["mean_flow_loss_successful"] = _mean(result.flow_loss[ok] if result.flow_loss is not None else None)
+    out["mean_flow_loss_successful"] = _mean(
+        result.flow_loss[ok] if result.flow_loss is not None else None
+    )
     out["mean_l2"] = _mean(result.l2)
     out["median_l2"] = _median(result.l2)
     out["mean_linf"] = _mean(result.linf)
     out["mean_iterations"] = _mean(result.iterations.double())
     out["mean_evaluations"] = _mean(result.evaluations.double())
-    out["nan_count"] = float(int((~torch.isfinite(result.adv_images)).flatten(1).any(1).sum())) if n else 0.0
+    out["nan_count"] = (
+        float(int((~torch.isfinite(result.adv_images)).flatten(1).any(1).sum())) if n else 0.0
+    )
     if result.flows is not None and n:
         out["mean_abs_flow"] = float(result.flows.abs().double().mean())
         out["max_abs_flow"] = float(result.flows.abs().max())

@@ -28,7 +28,9 @@ def _img(t: torch.Tensor) -> torch.Tensor:
     return t[0] if t.shape[0] == 1 else t.permute(1, 2, 0)
 
 
-def figure2_grid(result: AttackResult, images: torch.Tensor, labels: torch.Tensor, num_classes: int = 10) -> Figure:
+def figure2_grid(
+    result: AttackResult, images: torch.Tensor, labels: torch.Tensor, num_classes: int = 10
+) -> Figure:
     """The paper's Figure 2: row = one source image per class (original on the diagonal),
     column = target class; off-diagonal cells show the adversarial image towards that target,
     framed green where the attack succeeded and red where it failed.
@@ -72,7 +74,9 @@ def figure2_grid(result: AttackResult, images: torch.Tensor, labels: torch.Tenso
     return fig
 
 
-def flow_quiver(result: AttackResult, index: int = 0, images: torch.Tensor | None = None, step: int = 2) -> Figure:
+def flow_quiver(
+    result: AttackResult, index: int = 0, images: torch.Tensor | None = None, step: int = 2
+) -> Figure:
     """The flow field of attack ``index`` as arrows over its source image, beside the adversarial image.
 
     Arrows point from each output pixel to where it samples the input (pixel units as stored).
@@ -85,12 +89,23 @@ def flow_quiver(result: AttackResult, index: int = 0, images: torch.Tensor | Non
     h, w = flow.shape[-2:]
     fig = Figure(figsize=(8, 4))
     ax0, ax1 = fig.subplots(1, 2)
-    base = images[int(result.source_index[index])] if images is not None else result.adv_images[index]
+    base = (
+        images[int(result.source_index[index])] if images is not None else result.adv_images[index]
+    )
     ax0.imshow(_img(base), cmap="gray", vmin=0, vmax=1)
     ys, xs = torch.meshgrid(torch.arange(0, h, step), torch.arange(0, w, step), indexing="ij")
     u = flow[0, ::step, ::step]
     v = flow[1, ::step, ::step]
-    ax0.quiver(xs.numpy(), ys.numpy(), u.numpy(), v.numpy(), color="tab:red", angles="xy", scale_units="xy", scale=1)
+    ax0.quiver(
+        xs.numpy(),
+        ys.numpy(),
+        u.numpy(),
+        v.numpy(),
+        color="tab:red",
+        angles="xy",
+        scale_units="xy",
+        scale=1,
+    )
     ax0.set_title("flow over source image")
     ax1.imshow(_img(result.adv_images[index]), cmap="gray", vmin=0, vmax=1)
     tgt = f" -> target {int(result.targets[index])}" if result.targets is not None else ""
@@ -119,7 +134,15 @@ def target_heatmap(result: AttackResult, num_classes: int = 10) -> Figure:
     return fig
 
 
-def heatmap(values: list[list[float]], row_labels: list[str], col_labels: list[str], *, title: str, xlabel: str, ylabel: str) -> Figure:
+def heatmap(
+    values: list[list[float]],
+    row_labels: list[str],
+    col_labels: list[str],
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+) -> Figure:
     """A generic annotated heat map (sweeps use it for success over kappa x tau)."""
     fig = Figure(figsize=(1 + 0.8 * len(col_labels), 1 + 0.6 * len(row_labels)))
     ax = fig.subplots()

@@ -39,7 +39,9 @@ def check_model(model: nn.Module, images: torch.Tensor) -> list[str]:
                 "the model's outputs are non-negative and sum to 1: it returns probabilities, "
                 "not logits; margin losses on probabilities saturate (return logits instead)"
             )
-        (grad,) = torch.autograd.grad(out.logsumexp(dim=1).sum() + out.max(dim=1).values.sum(), x, allow_unused=True)
+        (grad,) = torch.autograd.grad(
+            out.logsumexp(dim=1).sum() + out.max(dim=1).values.sum(), x, allow_unused=True
+        )
     if grad is None or not bool(grad.abs().gt(0).any()):
         problems.append("the gradient of the model's outputs with respect to its inputs is zero")
     elif not bool(torch.isfinite(grad).all()):

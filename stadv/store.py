@@ -27,7 +27,7 @@ from torch import nn
 from stadv.data import check_dataset_name, load_tensors
 from stadv.devices import resolve_device
 from stadv.models import build_model, check_model_name, count_parameters
-from stadv.train import DEFAULT_EPOCHS, TrainLoss, evaluate, train_model
+from stadv.train import TrainLoss, default_recipe, evaluate, train_model
 
 FORMAT_VERSION = 1
 
@@ -67,7 +67,9 @@ def resolve_store_dir(store: str | os.PathLike[str] | None = None) -> Path:
     return Path(store) if store is not None else default_store_dir()
 
 
-def checkpoint_path(model: str, dataset: str, *, store: str | os.PathLike[str] | None = None, variant: str = "") -> Path:
+def checkpoint_path(
+    model: str, dataset: str, *, store: str | os.PathLike[str] | None = None, variant: str = ""
+) -> Path:
     name = f"{check_dataset_name(dataset)}-{check_model_name(model)}"
     if variant:
         if not variant.replace("-", "").replace("_", "").isalnum():
@@ -117,12 +119,18 @@ def read_info(path: Path) -> CheckpointInfo:
         raw = json.loads(side.read_text())
         return CheckpointInfo(**raw)
     except FileNotFoundError as err:
-        raise CheckpointError(f"checkpoint {path} has no sidecar {side}; delete both to retrain") from err
+        raise CheckpointError(
+            f"checkpoint {path} has no sidecar {side}; delete both to retrain"
+        ) from err
     except (json.JSONDecodeError, TypeError) as err:
-        raise CheckpointError(f"sidecar {side} is unreadable ({err}); delete {path} and {side} to retrain") from err
+        raise CheckpointError(
+            f"sidecar {side} is unreadable ({err}); delete {path} and {side} to retrain"
+        ) from err
 
 
-def load_checkpoint(path: Path, *, model_name: str | None = None, map_location: str | torch.device = "cpu") -> tuple[nn.Module, CheckpointInfo]:
+def load_checkpoint(
+    path: Path, *, model_name: str | None = None, map_location: str | torch.device = "cpu"
+) -> tuple[nn.Module, CheckpointInfo]:
     """Load a checkpoint into a fresh model of the recorded architecture (eval mode).
 
     Raises:
@@ -159,7 +167,8 @@ def train_and_store(
     dataset: str = "mnist",
     store: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
-    epochs: int = DEFAULT_EPOCHS,
+    epochs: int | None = None,
+    lr_decay_epochs: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     variant: str = "",
@@ -170,9 +179,15 @@ def train_and_store(
 ) -> tuple[nn.Module, CheckpointInfo]:
     """Train a model, evaluate it on the whole test split, and save it to the store.
 
-    ``train_limit`` trains on the first N training images only (tests, smoke runs).
+    ``epochs`` and ``lr_decay_epochs`` default to the model's :func:`stadv.train.default_recipe`
+    (6 epochs for A and B; 10 for C, the last 2 at lr / 10). ``train_limit`` trains on the
+    first N training images only (tests, smoke runs).
     """
     name = check_model_name(model_name)
+    recipe = default_recipe(name)
+    epochs = recipe.epochs if epochs is None else epochs
+    if lr_decay_epochs is None:
+        lr_decay_epochs = recipe.lr_decay_epochs if epochs == recipe.epochs else 0
     ds = check_dataset_name(dataset)
     dev = resolve_device(device)
     train = load_tensors(ds, split="train", data_dir=data_dir)
@@ -181,7 +196,16 @@ def train_and_store(
     test = load_tensors(ds, split="test", data_dir=data_dir)
     torch.manual_seed(seed)  # weight initialisation
     model = build_model(name).to(dev)
-    report = train_model(model, train, epochs=epochs, seed=seed, device=dev, loss_fn=loss_fn, progress=progress)
+    report = train_model(
+        model,
+        train,
+        epochs=epochs,
+        lr_decay_epochs=lr_decay_epochs,
+        seed=seed,
+        device=dev,
+        loss_fn=loss_fn,
+        progress=progress,
+    )
     acc = evaluate(model, test, device=dev)
     info = CheckpointInfo(
         model=name,
@@ -195,7 +219,13 @@ def train_and_store(
         variant=variant,
         created=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         versions=library_versions(),
-        extra={"device": str(dev), "train_images": len(train), "epoch_losses": list(report.losses), **(extra or {})},
+        extra={
+            "device": str(dev),
+            "train_images": len(train),
+            "epoch_losses": list(report.losses),
+            "lr_decay_epochs": lr_decay_epochs,
+            **(extra or {}),
+        },
     )
     info = save_checkpoint(model, checkpoint_path(name, ds, store=store, variant=variant), info)
     return model.eval(), info
@@ -209,7 +239,7 @@ def load_pretrained(
     data_dir: str | os.PathLike[str] | None = None,
     variant: str = "",
     train_if_missing: bool = True,
-    epochs: int = DEFAULT_EPOCHS,
+    epochs: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
@@ -225,17 +255,32 @@ def load_pretrained(
         model, _ = load_checkpoint(path, model_name=name, map_location=dev)
         return model.to(dev).eval()
     if not train_if_missing:
-        raise CheckpointError(f"no checkpoint at {path} and train_if_missing is False; run `stadv train --model {name} --dataset {dataset}`")
+        raise CheckpointError(
+            f"no checkpoint at {path} and train_if_missing is False; run `stadv train --model {name} --dataset {dataset}`"
+        )
     if variant:
-        raise CheckpointError(f"no checkpoint at {path}; variant {variant!r} must be trained by its own command")
-    model, _ = train_and_store(name, dataset=dataset, store=store, data_dir=data_dir, epochs=epochs, seed=seed, device=dev, progress=progress)
+        raise CheckpointError(
+            f"no checkpoint at {path}; variant {variant!r} must be trained by its own command"
+        )
+    model, _ = train_and_store(
+        name,
+        dataset=dataset,
+        store=store,
+        data_dir=data_dir,
+        epochs=epochs,
+        seed=seed,
+        device=dev,
+        progress=progress,
+    )
     return model.to(dev).eval()
 
 
 # -- other artefacts (pre-processing defenses, ...) ------------------------------------------
 
 
-def artifact_path(kind: str, dataset: str, *, store: str | os.PathLike[str] | None = None, variant: str = "") -> Path:
+def artifact_path(
+    kind: str, dataset: str, *, store: str | os.PathLike[str] | None = None, variant: str = ""
+) -> Path:
     """``<store>/<dataset>-<kind>[-<variant>].pt`` for a non-classifier artefact (e.g. a denoiser)."""
     for label, value in (("kind", kind), ("variant", variant)):
         if value and not value.replace("-", "").replace("_", "").isalnum():
@@ -278,14 +323,20 @@ def load_module_state(
     try:
         meta = json.loads(side.read_text())
     except FileNotFoundError as err:
-        raise CheckpointError(f"checkpoint {path} has no sidecar {side}; delete both to retrain") from err
+        raise CheckpointError(
+            f"checkpoint {path} has no sidecar {side}; delete both to retrain"
+        ) from err
     except json.JSONDecodeError as err:
-        raise CheckpointError(f"sidecar {side} is unreadable ({err}); delete {path} and {side} to retrain") from err
+        raise CheckpointError(
+            f"sidecar {side} is unreadable ({err}); delete {path} and {side} to retrain"
+        ) from err
     if not isinstance(meta, dict):
         raise CheckpointError(f"sidecar {side} does not hold a JSON object")
     digest = _sha256(path)
     if digest != meta.get("sha256"):
-        raise CheckpointError(f"checkpoint {path} is corrupt: its SHA-256 does not match {side}; delete both to retrain")
+        raise CheckpointError(
+            f"checkpoint {path} is corrupt: its SHA-256 does not match {side}; delete both to retrain"
+        )
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:

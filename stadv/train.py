@@ -4,6 +4,10 @@ Defaults follow the reference code the paper's models come from (Tramèr et al.,
 adversarial training, ``train.py``): Adam, learning rate 1e-3, batch size 64, cross-entropy
 on logits, 6 epochs.
 
+Model C does not reach the paper's 99.11 % in 6 epochs (measured here: 98.88 %, seed 0), so its
+default recipe (:func:`default_recipe`) trains 10 epochs, the last 2 at a tenth of the learning
+rate ("epochs as needed"); A and B keep the reference's 6 epochs at a constant rate.
+
 The per-batch loss is a :class:`TrainLoss` object, so adversarial training (``defenses``)
 plugs in its own loss without a second training loop.
 """
@@ -26,16 +30,37 @@ DEFAULT_BATCH_SIZE = 64
 DEFAULT_LR = 1e-3
 
 
+@dataclass(frozen=True)
+class TrainRecipe:
+    """Default schedule for one architecture: ``epochs`` in all, the last ``lr_decay_epochs``
+    of them at ``lr / 10``."""
+
+    epochs: int = DEFAULT_EPOCHS
+    lr_decay_epochs: int = 0
+
+
+_RECIPES = {"A": TrainRecipe(), "B": TrainRecipe(), "C": TrainRecipe(epochs=10, lr_decay_epochs=2)}
+
+
+def default_recipe(model_name: str) -> TrainRecipe:
+    """The default :class:`TrainRecipe` for model ``model_name`` (6 epochs for unknown names)."""
+    return _RECIPES.get(model_name.upper(), TrainRecipe())
+
+
 class TrainLoss(Protocol):
     """Loss of one training batch: ``loss(model, images, labels) -> scalar``."""
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor: ...
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor: ...
 
 
 class CrossEntropy:
     """Plain cross-entropy on the model's logits."""
 
-    def __call__(self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
+    ) -> torch.Tensor:
         return F.cross_entropy(model(images), labels)
 
 
@@ -54,6 +79,7 @@ def train_model(
     epochs: int = DEFAULT_EPOCHS,
     batch_size: int = DEFAULT_BATCH_SIZE,
     lr: float = DEFAULT_LR,
+    lr_decay_epochs: int = 0,
     seed: int = 0,
     device: torch.device | None = None,
     loss_fn: TrainLoss | None = None,
@@ -67,6 +93,8 @@ def train_model(
         data: training images (N, 1, 28, 28) in [0, 1] and labels (N,).
         epochs: passes over ``data`` (default 6). Must be >= 1.
         batch_size: default 64. lr: Adam's learning rate, default 1e-3.
+        lr_decay_epochs: the last this many epochs run at ``lr / 10`` (default 0); must be
+            < ``epochs``.
         seed: seeds the shuffling order (a private generator: no global state touched) and
             dropout (``torch.manual_seed`` for the duration of training).
         loss_fn: per-batch loss (default :class:`CrossEntropy`).
@@ -79,6 +107,8 @@ def train_model(
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     if not lr > 0:
         raise ValueError(f"lr must be > 0, got {lr}")
+    if not 0 <= lr_decay_epochs < epochs:
+        raise ValueError(f"lr_decay_epochs must be in [0, epochs={epochs}), got {lr_decay_epochs}")
     loss_fn = loss_fn or CrossEntropy()
     if device is None:
         device = next(model.parameters()).device
@@ -95,15 +125,23 @@ def train_model(
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(seed)
         for epoch in range(epochs):
+            if epoch == epochs - lr_decay_epochs:
+                for group in opt.param_groups:
+                    group["lr"] = lr / 10
             model.train()
             order = torch.randperm(n, generator=gen).to(device)
             total, count = 0.0, 0
-            bar = tqdm(range(n_batches), desc=f"epoch {epoch + 1}/{epochs}", disable=not progress, leave=False)
+            bar = tqdm(
+                range(n_batches),
+                desc=f"epoch {epoch + 1}/{epochs}",
+                disable=not progress,
+                leave=False,
+            )
             for b in bar:
                 idx = order[b * batch_size : (b + 1) * batch_size]
                 loss = loss_fn(model, images[idx], labels[idx])
                 opt.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.backward()  # type: ignore[no-untyped-call]
                 opt.step()
                 total += float(loss.detach()) * idx.numel()
                 count += idx.numel()
@@ -111,10 +149,21 @@ def train_model(
                     bar.set_postfix(loss=f"{total / count:.4f}")
             losses.append(total / max(count, 1))
     model.eval()
-    return TrainReport(epochs=epochs, seconds=time.perf_counter() - start, final_loss=losses[-1], losses=tuple(losses))
+    return TrainReport(
+        epochs=epochs,
+        seconds=time.perf_counter() - start,
+        final_loss=losses[-1],
+        losses=tuple(losses),
+    )
 
 
-def evaluate(model: nn.Module, data: TensorData, *, batch_size: int = 1000, device: torch.device | None = None) -> float:
+def evaluate(
+    model: nn.Module,
+    data: TensorData,
+    *,
+    batch_size: int = 1000,
+    device: torch.device | None = None,
+) -> float:
     """Top-1 accuracy of ``model`` (in eval mode) on ``data``."""
     if len(data) == 0:
         raise ValueError("cannot evaluate on an empty data set")

@@ -42,11 +42,15 @@ def test_success_mask_agrees_with_the_model(tiny_model_b: torch.nn.Module, batch
     # The returned image is the warp of its source by the returned flow.
     again = warp(x[result.source_index], result.flows).clamp(0, 1)
     torch.testing.assert_close(again, result.adv_images)
-    torch.testing.assert_close(flow_loss(result.flows, variant="eq5", eq5_scale="sqrt_n"), result.flow_loss)
+    torch.testing.assert_close(
+        flow_loss(result.flows, variant="eq5", eq5_scale="sqrt_n"), result.flow_loss
+    )
     assert result.success.float().mean() > 0.5  # a real attack, not a no-op
 
 
-def test_accuracy_under_attack_below_clean(tiny_model_b: torch.nn.Module, mnist_test: TensorData) -> None:
+def test_accuracy_under_attack_below_clean(
+    tiny_model_b: torch.nn.Module, mnist_test: TensorData
+) -> None:
     x, y = mnist_test.images[:20], mnist_test.labels[:20]
     clean = float((predict(tiny_model_b, x) == y).float().mean())
     result = StAdv(**FAST)(tiny_model_b, x, y)  # untargeted
@@ -67,14 +71,23 @@ def test_batch_equals_one_by_one(tiny_model_b: torch.nn.Module, batch, solver: s
     attack = StAdv(solver=solver, kappa=0.5, **FAST)
     together = attack(tiny_model_b, x, y, targets="all")
     alone = [attack(tiny_model_b, x[i : i + 1], y[i : i + 1], targets="all") for i in range(len(y))]
-    chunked = StAdv(solver=solver, kappa=0.5, batch_size=5, **FAST)(tiny_model_b, x, y, targets="all")
+    chunked = StAdv(solver=solver, kappa=0.5, batch_size=5, **FAST)(
+        tiny_model_b, x, y, targets="all"
+    )
     objective = lambda r: r.margin.clamp(min=-0.5) + 0.05 * r.flow_loss  # noqa: E731
     for other_flows, other_success, other_obj in (
-        (torch.cat([r.flows for r in alone]), torch.cat([r.success for r in alone]), torch.cat([objective(r) for r in alone])),
+        (
+            torch.cat([r.flows for r in alone]),
+            torch.cat([r.success for r in alone]),
+            torch.cat([objective(r) for r in alone]),
+        ),
         (chunked.flows, chunked.success, objective(chunked)),
     ):
         assert torch.equal(together.success, other_success)
-        close = ((together.flows - other_flows).abs().flatten(1) <= 1e-3 + 1e-3 * other_flows.abs().flatten(1)).all(1)
+        close = (
+            (together.flows - other_flows).abs().flatten(1)
+            <= 1e-3 + 1e-3 * other_flows.abs().flatten(1)
+        ).all(1)
         assert close.float().mean() >= 0.9
         same_obj = (objective(together) - other_obj).abs() <= 1e-3 + 1e-3 * other_obj.abs()
         assert same_obj.float().mean() >= 0.9
@@ -109,8 +122,12 @@ def test_keep_best_never_worse_than_last(tiny_model_b: torch.nn.Module, batch) -
 
 def test_first_success_stops_early(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
     x, y = batch
-    conv = StAdv(max_iterations=60, flow_loss="eq5", eq5_scale="sqrt_n")(tiny_model_b, x, y, targets="all")
-    first = StAdv(max_iterations=60, flow_loss="eq5", eq5_scale="sqrt_n", stop="first-success")(tiny_model_b, x, y, targets="all")
+    conv = StAdv(max_iterations=60, flow_loss="eq5", eq5_scale="sqrt_n")(
+        tiny_model_b, x, y, targets="all"
+    )
+    first = StAdv(max_iterations=60, flow_loss="eq5", eq5_scale="sqrt_n", stop="first-success")(
+        tiny_model_b, x, y, targets="all"
+    )
     assert first.evaluations.sum() < conv.evaluations.sum()
     assert "callback" in first.stop_reason
     assert first.success.float().mean() >= conv.success.float().mean() - 0.1
@@ -126,9 +143,19 @@ def test_lbfgs_and_scipy_agree(tiny_model_b: torch.nn.Module, batch) -> None:  #
     assert float(obj(ours)) <= 1.25 * float(obj(ref)) + 0.05
 
 
-@pytest.mark.parametrize("kw", [dict(units="grid"), dict(loss_input="softmax"), dict(padding="zeros"),
-                                dict(init="gaussian"), dict(init="uniform", init_scale=0.5), dict(solver="adam", lr=0.05),
-                                dict(solver="scipy-loop"), dict(neighbours="diagonal", flow_loss="eq4")])
+@pytest.mark.parametrize(
+    "kw",
+    [
+        dict(units="grid"),
+        dict(loss_input="softmax"),
+        dict(padding="zeros"),
+        dict(init="gaussian"),
+        dict(init="uniform", init_scale=0.5),
+        dict(solver="adam", lr=0.05),
+        dict(solver="scipy-loop"),
+        dict(neighbours="diagonal", flow_loss="eq4"),
+    ],
+)
 def test_every_option_runs(tiny_model_b: torch.nn.Module, batch, kw: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
     x, y = batch
     base = {**FAST, **kw} if "flow_loss" not in kw else {"max_iterations": 20, **kw}
@@ -138,9 +165,15 @@ def test_every_option_runs(tiny_model_b: torch.nn.Module, batch, kw: dict[str, o
 
 def test_random_init_is_seeded(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
     x, y = batch
-    a = StAdv(init="gaussian", max_iterations=0, keep="last", seed=1)(tiny_model_b, x, y, targets="random")
-    b = StAdv(init="gaussian", max_iterations=0, keep="last", seed=1)(tiny_model_b, x, y, targets="random")
-    c = StAdv(init="gaussian", max_iterations=0, keep="last", seed=2)(tiny_model_b, x, y, targets="random")
+    a = StAdv(init="gaussian", max_iterations=0, keep="last", seed=1)(
+        tiny_model_b, x, y, targets="random"
+    )
+    b = StAdv(init="gaussian", max_iterations=0, keep="last", seed=1)(
+        tiny_model_b, x, y, targets="random"
+    )
+    c = StAdv(init="gaussian", max_iterations=0, keep="last", seed=2)(
+        tiny_model_b, x, y, targets="random"
+    )
     assert torch.equal(a.flows, b.flows) and not torch.equal(a.flows, c.flows)
     assert abs(float(a.flows.std()) - 0.01) < 0.002
 

@@ -11,9 +11,24 @@ import pytest
 from stadv.cli import main
 
 
-def test_train_then_eval_json(tmp_path: Path, data_source: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    common = ["--no-download", "--data-dir", str(tmp_path / "data"), "--data-source", str(data_source), "--store", str(tmp_path / "s")]
-    assert main(["train", "--model", "B", "--epochs", "1", "--train-limit", "2000", "--quiet", *common]) == 0
+def test_train_then_eval_json(
+    tmp_path: Path, data_source: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    common = [
+        "--no-download",
+        "--data-dir",
+        str(tmp_path / "data"),
+        "--data-source",
+        str(data_source),
+        "--store",
+        str(tmp_path / "s"),
+    ]
+    assert (
+        main(
+            ["train", "--model", "B", "--epochs", "1", "--train-limit", "2000", "--quiet", *common]
+        )
+        == 0
+    )
     row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert row["model"] == "B" and row["paper_accuracy"] == 0.9894 and 0.5 < row["accuracy"] <= 1
     assert main(["eval", "--model", "B", "--json", "--no-train", *common]) == 0
@@ -22,12 +37,17 @@ def test_train_then_eval_json(tmp_path: Path, data_source: Path, capsys: pytest.
 
 
 def test_missing_data_is_one_message_without_traceback(tmp_path: Path) -> None:
-    env = {**os.environ, "STADV_DATA_DIR": str(tmp_path / "none"), "STADV_STORE": str(tmp_path / "s")}
+    env = {
+        **os.environ,
+        "STADV_DATA_DIR": str(tmp_path / "none"),
+        "STADV_STORE": str(tmp_path / "s"),
+    }
     env.pop("STADV_DATA_SOURCE", None)
     env["STADV_DATA_SOURCE"] = str(tmp_path / "no-source")
     code = "from stadv.cli import main; import sys; sys.exit(main(['eval', '--model', 'A', '--no-download']))"
-    proc = subprocess.run([sys.executable, "-c", code], env=env,
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 2, proc.stderr
     assert "Traceback" not in proc.stderr
     assert "MNIST/raw" in proc.stderr and "STADV_DATA_SOURCE" in proc.stderr

@@ -27,7 +27,9 @@ MNIST_MD5 = {
 }
 
 
-def test_offline_install_puts_original_bytes_in_torchvision_layout(tmp_path: Path, data_source: Path) -> None:
+def test_offline_install_puts_original_bytes_in_torchvision_layout(
+    tmp_path: Path, data_source: Path
+) -> None:
     root = tmp_path / "root"
     assert not is_installed("mnist", root)
     ensure_data("mnist", data_dir=root, source_dir=data_source, download=False)
@@ -62,31 +64,41 @@ def test_train_split_is_the_60k_set(data_root: Path) -> None:
 def test_torchvision_dataset_items(data_root: Path) -> None:
     ds = load_dataset("mnist", split="test", data_dir=data_root, download=False)
     img, label = ds[0]
-    assert img.shape == (1, 28, 28) and 0 <= float(img.min()) <= float(img.max()) <= 1 and label == 7
+    assert (
+        img.shape == (1, 28, 28) and 0 <= float(img.min()) <= float(img.max()) <= 1 and label == 7
+    )
 
 
 def test_fashion_mnist_installs_and_loads(tmp_path: Path, data_source: Path) -> None:
-    test = load_tensors("fashion-mnist", split="test", data_dir=tmp_path, source_dir=data_source, download=False)
+    test = load_tensors(
+        "fashion-mnist", split="test", data_dir=tmp_path, source_dir=data_source, download=False
+    )
     assert test.images.shape == (10000, 1, 28, 28)
     assert torch.bincount(test.labels).tolist() == [1000] * 10
 
 
 def test_missing_data_gives_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(DataNotFoundError) as info:
-        ensure_data("mnist", data_dir=tmp_path / "empty", source_dir=tmp_path / "nothing", download=False)
+        ensure_data(
+            "mnist", data_dir=tmp_path / "empty", source_dir=tmp_path / "nothing", download=False
+        )
     msg = str(info.value)
     assert str(tmp_path / "empty" / "MNIST" / "raw") in msg
     assert "STADV_DATA_SOURCE" in msg and IDX_FILES[0] in msg
 
 
-def test_env_variables_choose_root_and_source(tmp_path: Path, data_source: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_env_variables_choose_root_and_source(
+    tmp_path: Path, data_source: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("STADV_DATA_DIR", str(tmp_path / "envroot"))
     monkeypatch.setenv("STADV_DATA_SOURCE", str(data_source))
     ensure_data("mnist", download=False)
     assert is_installed("mnist", tmp_path / "envroot")
 
 
-def test_truncated_source_file_is_not_installed_as_complete(tmp_path: Path, data_source: Path) -> None:
+def test_truncated_source_file_is_not_installed_as_complete(
+    tmp_path: Path, data_source: Path
+) -> None:
     src = tmp_path / "src"
     src.mkdir()
     for f in IDX_FILES:

@@ -55,9 +55,14 @@ def test_matches_grid_sample_with_aligned_corners() -> None:
 def test_grid_units_scale_by_half_the_size() -> None:
     f = torch.ones(1, 2, 6, 8)
     px = to_pixels(f, "grid")
-    assert torch.equal(px[:, 0], torch.full((1, 6, 8), 4.0)) and torch.equal(px[:, 1], torch.full((1, 6, 8), 3.0))
+    assert torch.equal(px[:, 0], torch.full((1, 6, 8), 4.0)) and torch.equal(
+        px[:, 1], torch.full((1, 6, 8), 3.0)
+    )
     x = _images(1, 1, 6, 8)
-    torch.testing.assert_close(warp(x, f / 4.0, units="grid")[:, :, :, 0], warp(x, torch.ones(1, 2, 6, 8) * torch.tensor([1.0, 0.75]).view(1, 2, 1, 1))[:, :, :, 0])
+    torch.testing.assert_close(
+        warp(x, f / 4.0, units="grid")[:, :, :, 0],
+        warp(x, torch.ones(1, 2, 6, 8) * torch.tensor([1.0, 0.75]).view(1, 2, 1, 1))[:, :, :, 0],
+    )
 
 
 def test_gradient_is_finite_at_zero_flow() -> None:
@@ -99,8 +104,12 @@ def test_eq5_is_the_root_of_the_summed_squares() -> None:
     eps = 0.0
     # Squared differences, each edge twice: 2 * (1 + 4 + 4 + 1) = 20.
     assert float(flow_loss(_hand_flow(), variant="eq5", eps=eps)) == pytest.approx(math.sqrt(20))
-    assert float(flow_loss(_hand_flow(), variant="eq5", eps=eps, eq5_scale="n")) == pytest.approx(math.sqrt(20) / 4)
-    assert float(flow_loss(_hand_flow(), variant="eq5", eps=eps, eq5_scale="sqrt_n")) == pytest.approx(math.sqrt(20) / 2)
+    assert float(flow_loss(_hand_flow(), variant="eq5", eps=eps, eq5_scale="n")) == pytest.approx(
+        math.sqrt(20) / 4
+    )
+    assert float(
+        flow_loss(_hand_flow(), variant="eq5", eps=eps, eq5_scale="sqrt_n")
+    ) == pytest.approx(math.sqrt(20) / 2)
 
 
 def test_constant_flow_costs_only_eps() -> None:

@@ -37,9 +37,14 @@ def test_layer_structure() -> None:
     a, b, c = (build_model(n) for n in "ABC")
     convs = lambda m: [x for x in m.modules() if isinstance(x, nn.Conv2d)]  # noqa: E731
     assert [(x.out_channels, x.kernel_size, x.stride, x.padding) for x in convs(a)] == [
-        (64, (5, 5), (1, 1), (0, 0)), (64, (5, 5), (1, 1), (0, 0))]
+        (64, (5, 5), (1, 1), (0, 0)),
+        (64, (5, 5), (1, 1), (0, 0)),
+    ]
     assert [(x.out_channels, x.kernel_size, x.stride, x.padding) for x in convs(b)] == [
-        (64, (8, 8), (2, 2), (3, 3)), (128, (6, 6), (2, 2), (0, 0)), (128, (5, 5), (1, 1), (0, 0))]
+        (64, (8, 8), (2, 2), (3, 3)),
+        (128, (6, 6), (2, 2), (0, 0)),
+        (128, (5, 5), (1, 1), (0, 0)),
+    ]
     assert [(x.out_channels, x.kernel_size) for x in convs(c)] == [(128, (3, 3)), (64, (3, 3))]
     assert [m.p for m in a.modules() if isinstance(m, nn.Dropout)] == [0.25, 0.5]
     assert [m.p for m in b.modules() if isinstance(m, nn.Dropout)] == [0.2, 0.5]

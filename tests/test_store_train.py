@@ -31,19 +31,43 @@ def test_tiny_training_lowers_the_loss(mnist_train_small: TensorData) -> None:
     assert report.losses[1] < report.losses[0]
 
 
-def test_trained_tiny_model_beats_chance_by_far(tiny_model_b: torch.nn.Module, mnist_test: TensorData) -> None:
+def test_trained_tiny_model_beats_chance_by_far(
+    tiny_model_b: torch.nn.Module, mnist_test: TensorData
+) -> None:
     assert evaluate(tiny_model_b, mnist_test.slice(0, 2000)) > 0.85
 
 
-def test_checkpoint_round_trip_and_sidecar(store_dir: Path, data_root: Path, mnist_test: TensorData) -> None:
-    model, info = train_and_store("B", dataset="mnist", store=store_dir, data_dir=data_root, epochs=1,
-                                  train_limit=1000, progress=False)
+def test_checkpoint_round_trip_and_sidecar(
+    store_dir: Path, data_root: Path, mnist_test: TensorData
+) -> None:
+    model, info = train_and_store(
+        "B",
+        dataset="mnist",
+        store=store_dir,
+        data_dir=data_root,
+        epochs=1,
+        train_limit=1000,
+        progress=False,
+    )
     path = checkpoint_path("B", "mnist", store=store_dir)
     assert path.is_file()
     side = json.loads(path.with_suffix(".json").read_text())
-    for key in ("model", "dataset", "epochs", "seed", "test_accuracy", "train_seconds", "versions", "sha256"):
+    for key in (
+        "model",
+        "dataset",
+        "epochs",
+        "seed",
+        "test_accuracy",
+        "train_seconds",
+        "versions",
+        "sha256",
+    ):
         assert key in side
-    assert side["model"] == "B" and side["epochs"] == 1 and side["versions"]["torch"] == torch.__version__
+    assert (
+        side["model"] == "B"
+        and side["epochs"] == 1
+        and side["versions"]["torch"] == torch.__version__
+    )
     loaded, info2 = load_checkpoint(path, model_name="B")
     assert info2 == info
     x = mnist_test.images[:16]
@@ -53,8 +77,12 @@ def test_checkpoint_round_trip_and_sidecar(store_dir: Path, data_root: Path, mni
     assert torch.equal(again(x), loaded(x))
 
 
-def test_corrupt_checkpoint_is_a_clear_error_never_retrained(store_dir: Path, data_root: Path) -> None:
-    train_and_store("B", store=store_dir, data_dir=data_root, epochs=1, train_limit=256, progress=False)
+def test_corrupt_checkpoint_is_a_clear_error_never_retrained(
+    store_dir: Path, data_root: Path
+) -> None:
+    train_and_store(
+        "B", store=store_dir, data_dir=data_root, epochs=1, train_limit=256, progress=False
+    )
     path = checkpoint_path("B", "mnist", store=store_dir)
     blob = bytearray(path.read_bytes())
     blob[len(blob) // 2] ^= 0xFF
@@ -66,7 +94,9 @@ def test_corrupt_checkpoint_is_a_clear_error_never_retrained(store_dir: Path, da
 
 
 def test_mismatched_checkpoint_is_rejected(store_dir: Path, data_root: Path) -> None:
-    train_and_store("B", store=store_dir, data_dir=data_root, epochs=1, train_limit=256, progress=False)
+    train_and_store(
+        "B", store=store_dir, data_dir=data_root, epochs=1, train_limit=256, progress=False
+    )
     path = checkpoint_path("B", "mnist", store=store_dir)
     with pytest.raises(CheckpointError, match="holds model 'B', not 'A'"):
         load_checkpoint(path, model_name="A")

@@ -1,0 +1,580 @@
+"""The sweep scripts, run for real as users run them: ``python sweeps/<name>.py ...``.
+
+Each sweep runs as a subprocess against a temporary SQLite MLflow store, joining the session's
+Ray instance (``ray_address``) unless a test is about the embedded one. The smoke model is
+quick-trained once into a session store. Checked: parent and child runs with their params,
+metrics, tags and artifacts (valid PNGs, tables that read back and agree with the metrics);
+a killed trial worker is retried; an interrupted driver resumes without duplicate runs; an
+unreachable tracking URI and a bad grid value fail in seconds before anything runs.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+SMOKE_KAPPA_TAU = {("0.0", "0.05"), ("0.0", "0.0"), ("0.5", "0.05"), ("0.5", "0.0")}
+RATE_METRICS = (
+    "targeted_success_rate",
+    "targeted_success_ci_low",
+    "targeted_success_ci_high",
+    "untargeted_success_rate",
+    "clean_accuracy",
+)
+OTHER_METRICS = (
+    "mean_flow_loss",
+    "median_flow_loss",
+    "mean_l2",
+    "mean_linf",
+    "mean_iterations",
+    "seconds",
+    "attacks_per_second",
+)
+CHILD_ARTIFACTS = (
+    "figure2_grid.png",
+    "flow_quiver.png",
+    "target_heatmap.png",
+    "attacks.parquet",
+    "attacks.csv",
+)
+
+
+def sweep_cmd(script: str, *args: str) -> list[str]:
+    return [sys.executable, str(REPO / "sweeps" / f"{script}.py"), *args]
+
+
+def run(
+    cmd: list[str], env: dict[str, str], timeout: float = 400
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def common_args(tmp: Path, store: Path, data_root: Path, experiment: str) -> list[str]:
+    return [
+        "--tracking-uri",
+        f"sqlite:///{tmp / 'mlflow.db'}",
+        "--experiment-name",
+        experiment,
+        "--storage-path",
+        str(tmp / "ray"),
+        "--store",
+        str(store),
+        "--data-dir",
+        str(data_root),
+    ]
+
+
+def runs_of(uri: str, experiment: str) -> tuple[MlflowClient, list[Any], list[Any]]:
+    """(client, parent runs, child runs) of an experiment; deleted runs are left out."""
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"experiment {experiment} was not created"
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("stadv.role") == "parent"]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def is_png(path: Path) -> bool:
+    return path.read_bytes()[:8] == PNG_SIGNATURE and path.stat().st_size > 100
+
+
+class Sweep:
+    """A sweep script running in the background, its output collected line by line."""
+
+    def __init__(self, cmd: list[str], env: dict[str, str]) -> None:
+        self.proc = subprocess.Popen(
+            cmd, env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self) -> str:
+        return "".join(self.lines)
+
+    @property
+    def store_ready(self) -> bool:
+        """The driver has created the store and the parent run: safe to read it from here
+        (a second process opening a fresh SQLite store would race its schema migration)."""
+        return "MLflow: experiment" in self.output
+
+    def wait(self, timeout: float) -> int:
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            pytest.fail(f"the sweep ran over {timeout} s:\n{self.output[-4000:]}")
+        self.reader.join(10)
+        return code
+
+    def wait_for(self, predicate: Any, timeout: float, what: str) -> Any:
+        """Poll ``predicate`` until it returns something true; fail if the sweep exits first."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            value = predicate() if self.store_ready else None
+            if value:
+                return value
+            if self.proc.poll() is not None:
+                self.reader.join(10)
+                pytest.fail(
+                    f"the sweep exited ({self.proc.returncode}) before {what}:\n{self.output[-4000:]}"
+                )
+            time.sleep(0.25)
+        self.proc.kill()
+        self.proc.wait()
+        pytest.fail(f"timed out after {timeout} s waiting for {what}:\n{self.output[-4000:]}")
+
+
+@pytest.fixture(scope="module")
+def kappa_tau_smoke(
+    tmp_path_factory: pytest.TempPathFactory,
+    ray_address: str,
+    sweep_env: dict[str, str],
+    sweep_store: Path,
+    data_root: Path,
+) -> dict[str, Any]:
+    """``kappa_tau.py --smoke-test`` once, into a fresh SQLite store."""
+    tmp = tmp_path_factory.mktemp("kappa-tau")
+    args = common_args(tmp, sweep_store, data_root, "kt-smoke")
+    start = time.monotonic()
+    proc = run(sweep_cmd("kappa_tau", "--smoke-test", "--address", ray_address, *args), sweep_env)
+    return {
+        "proc": proc,
+        "seconds": time.monotonic() - start,
+        "uri": f"sqlite:///{tmp / 'mlflow.db'}",
+        "tmp": tmp,
+        "experiment": "kt-smoke",
+    }
+
+
+@pytest.mark.slow
+def test_kappa_tau_smoke_logs_parent_and_child_runs(kappa_tau_smoke: dict[str, Any]) -> None:
+    proc = kappa_tau_smoke["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    uri = kappa_tau_smoke["uri"]
+    assert f"mlflow ui --backend-store-uri {uri}" in proc.stdout
+    assert "4/4 trials finished" in proc.stdout
+    assert "Paper (Xiao et al. 2018, Table 1" in proc.stdout
+
+    client, parents, children = runs_of(uri, kappa_tau_smoke["experiment"])
+    assert len(parents) == 1
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert parent.data.params["trials"] == "4"
+    assert parent.data.params["base.tau"] == "0.05"
+    assert len(children) == 4
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    assert {(c.data.params["kappa"], c.data.params["tau"]) for c in children} == SMOKE_KAPPA_TAU
+    assert len({c.data.tags["stadv.trial_key"] for c in children}) == 4
+    for child in children:
+        assert child.info.status == "FINISHED"
+        params, metrics, tags = child.data.params, child.data.metrics, child.data.tags
+        assert params["model"] == "B" and params["max_iterations"] == "20"
+        assert params["solver"] == "lbfgs" and params["targets"] == "all"
+        assert params["model_variant"] == "smoke"
+        for key in RATE_METRICS:
+            assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
+        for key in OTHER_METRICS:
+            assert math.isfinite(metrics[key]) and metrics[key] >= 0, (key, metrics[key])
+        rate = metrics["targeted_success_rate"]
+        assert metrics["targeted_success_ci_low"] <= rate <= metrics["targeted_success_ci_high"]
+        assert metrics["attacks"] == 36.0  # 4 images x 9 targets
+        assert tags["model"] == "B" and tags["dataset"] == "mnist"
+        assert tags["device"].startswith("cpu")
+        assert tags["version.torch"] and tags["version.ray"] and tags["version.mlflow"]
+        assert tags["git_commit"]
+        assert tags["torch_threads"] == "1"
+
+
+@pytest.mark.slow
+def test_kappa_tau_smoke_artifacts_are_valid(
+    kappa_tau_smoke: dict[str, Any], tmp_path: Path
+) -> None:
+    assert kappa_tau_smoke["proc"].returncode == 0, kappa_tau_smoke["proc"].stderr[-3000:]
+    client, parents, children = runs_of(kappa_tau_smoke["uri"], kappa_tau_smoke["experiment"])
+    # artifacts live beside the SQLite file, not under the directory the script ran in
+    exp = client.get_experiment_by_name(kappa_tau_smoke["experiment"])
+    assert exp.artifact_location == str(kappa_tau_smoke["tmp"] / "mlruns" / "kt-smoke")
+    for child in children:
+        assert (Path(child.info.artifact_uri) / "figure2_grid.png").is_file()
+        names = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert set(CHILD_ARTIFACTS) <= names, names
+        local = Path(
+            client.download_artifacts(child.info.run_id, "", str(tmp_path / child.info.run_id))
+        )
+        for png in ("figure2_grid.png", "flow_quiver.png", "target_heatmap.png"):
+            assert is_png(local / png), png
+        table = pd.read_parquet(local / "attacks.parquet")
+        assert len(table) == 36
+        assert set(table["target"]) <= set(range(10))
+        assert (table["target"] != table["label"]).all()
+        # the table and the logged metric describe the same attacks
+        assert table["success"].mean() == pytest.approx(child.data.metrics["targeted_success_rate"])
+        csv = pd.read_csv(local / "attacks.csv")
+        assert list(csv["prediction"]) == list(table["prediction"])
+
+    parent = parents[0]
+    local = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "parent")))
+    trials = pd.read_csv(local / "trials.csv")
+    assert len(trials) == 4 and set(trials["model"]) == {"B"}
+    assert len(pd.read_parquet(local / "trials.parquet")) == 4
+    for name in ("heatmap_kappa_tau_B.png", "vs_kappa.png", "vs_tau.png"):
+        assert is_png(local / "figures" / name), name
+    report = (local / "report.md").read_text()
+    assert "## Success over kappa x tau" in report
+    assert (local / "stadv_sweep.json").is_file()
+
+
+@pytest.mark.slow
+def test_results_report_from_the_command_line(
+    kappa_tau_smoke: dict[str, Any], sweep_env: dict[str, str]
+) -> None:
+    assert kappa_tau_smoke["proc"].returncode == 0, kappa_tau_smoke["proc"].stderr[-3000:]
+    out = kappa_tau_smoke["tmp"] / "report" / "report.md"
+    out.parent.mkdir()
+    cmd = sweep_cmd(
+        "results",
+        "--tracking-uri",
+        kappa_tau_smoke["uri"],
+        "--experiment",
+        "kt-smoke",
+        "--out",
+        str(out),
+    )
+    proc = run(cmd, sweep_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    text = out.read_text()
+    for heading in (
+        "## Which choice explains the failed reproductions",
+        "## The paper's Table 1 beside ours",
+        "## Best setting per model",
+        "## Success over kappa x tau",
+        "## All trials",
+    ):
+        assert heading in text, heading
+    assert "| B | 0.9998 |" in text  # the paper's number for model B beside ours
+    for choice in ("kappa=0.5", "tau=0"):
+        assert f"| {choice} |" in text, choice
+    figures = sorted((out.parent / "report_files").glob("*.png"))
+    assert {f.name for f in figures} == {"heatmap_kappa_tau_B.png", "vs_kappa.png", "vs_tau.png"}
+    assert all(is_png(f) for f in figures)
+    for f in figures:
+        assert f"report_files/{f.name}" in text
+
+
+@pytest.mark.slow
+def test_ablation_smoke_with_embedded_ray(
+    tmp_path: Path, sweep_env: dict[str, str], sweep_store: Path, data_root: Path
+) -> None:
+    """No --address: the script starts (and stops) its own Ray, as a local user's run does."""
+    args = common_args(tmp_path, sweep_store, data_root, "ab-smoke")
+    proc = run(sweep_cmd("ablation", "--smoke-test", *args), sweep_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client, parents, children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "ab-smoke")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    names = sorted(c.info.run_name for c in children)
+    assert names == ["B base", "B keep=last", "B loss_input=softmax"]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["tau"] == "0.05" and child.data.params["kappa"] == "0.0"
+        assert 0 <= child.data.metrics["targeted_success_rate"] <= 1
+    local = Path(client.download_artifacts(parents[0].info.run_id, "", str(tmp_path / "parent")))
+    effects = pd.read_json(local / "effects.json")
+    assert set(effects["choice"]) == {"keep=last", "loss_input=softmax"}
+    assert list(effects["rank"]) == [1, 2]
+    assert effects["delta_success"].is_monotonic_increasing
+
+
+@pytest.mark.slow
+def test_killed_trial_worker_is_retried(
+    tmp_path: Path, ray_address: str, sweep_env: dict[str, str], sweep_store: Path, data_root: Path
+) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = common_args(tmp_path, sweep_store, data_root, "kill")
+    # more iterations, so the first trial is still attacking when it is killed
+    cmd = sweep_cmd(
+        "kappa_tau", "--smoke-test", "--address", ray_address, "--max-iterations", "150", *args
+    )
+    sweep = Sweep(cmd, sweep_env)
+
+    def running_child() -> Any:
+        children = runs_of(uri, "kill")[2]
+        return next((c for c in children if c.info.status == "RUNNING"), None)
+
+    victim = sweep.wait_for(running_child, 240, "a running trial")
+    pid = int(victim.data.tags["pid"])
+    os.kill(pid, signal.SIGKILL)  # the Ray worker running that trial
+    code = sweep.wait(400)
+    out = sweep.output
+    assert code == 0, out[-4000:]
+    assert "retry" in out
+    client, parents, children = runs_of(uri, "kill")
+    assert parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    keys = [c.data.tags["stadv.trial_key"] for c in children]
+    assert len(set(keys)) == 4
+    # the killed attempt's run was removed, and its trial ran again in another process
+    assert client.get_run(victim.info.run_id).info.lifecycle_stage == "deleted"
+    again = next(
+        c for c in children if c.data.tags["stadv.trial_key"] == victim.data.tags["stadv.trial_key"]
+    )
+    assert again.data.tags["pid"] != str(pid)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["SIGINT", "SIGKILL"])
+def test_interrupted_driver_resumes_without_duplicates(
+    how: str,
+    tmp_path: Path,
+    ray_address: str,
+    sweep_env: dict[str, str],
+    sweep_store: Path,
+    data_root: Path,
+) -> None:
+    """Ctrl-C (Tune saves and stops; the parent run is marked KILLED) or a hard kill (no
+    clean-up at all; the parent stays RUNNING): ``--resume`` runs only what did not finish."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = [*common_args(tmp_path, sweep_store, data_root, "resume"), "--address", ray_address]
+    cmd = sweep_cmd("kappa_tau", "--smoke-test", "--max-iterations", "150", *args)
+    sweep = Sweep(cmd, sweep_env)
+
+    def one_finished() -> bool:
+        return any(c.info.status == "FINISHED" for c in runs_of(uri, "resume")[2])
+
+    sweep.wait_for(one_finished, 240, "a finished trial")
+    sweep.proc.send_signal(getattr(signal, how))
+    code = sweep.wait(300)
+    out = sweep.output
+    if how == "SIGINT":
+        assert code == 130, out[-4000:]
+        assert "--resume" in out
+        assert runs_of(uri, "resume")[1][0].info.status == "KILLED"
+    else:
+        assert code == -signal.SIGKILL
+        time.sleep(3)  # Ray ends the dead driver's trial actors
+    _, parents, children = runs_of(uri, "resume")
+    before = {c.info.run_id for c in children if c.info.status == "FINISHED"}
+    assert 1 <= len(before) < 4
+
+    proc = run(sweep_cmd("kappa_tau", "--resume", *args), sweep_env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "resuming sweep" in proc.stdout
+    assert f"{len(before)} finished before" in proc.stdout
+    client, parents, children = runs_of(uri, "resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4 and all(c.info.status == "FINISHED" for c in children)
+    assert len({c.data.tags["stadv.trial_key"] for c in children}) == 4
+    assert before <= {c.info.run_id for c in children}  # finished trials were not run again
+
+    # resuming a finished sweep is a no-op
+    proc = run(sweep_cmd("kappa_tau", "--resume", *args), sweep_env)
+    assert proc.returncode == 0 and "nothing to resume" in proc.stdout
+    assert len(runs_of(uri, "resume")[2]) == 4
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("kind", ["http", "sqlite"])
+def test_unreachable_tracking_uri_fails_fast(
+    kind: str, tmp_path: Path, sweep_env: dict[str, str], data_root: Path
+) -> None:
+    uri = (
+        f"http://127.0.0.1:{closed_port()}"
+        if kind == "http"
+        else f"sqlite:///{tmp_path}/no/such/dir/m.db"
+    )
+    start = time.monotonic()
+    proc = run(
+        sweep_cmd(
+            "kappa_tau",
+            "--smoke-test",
+            "--tracking-uri",
+            uri,
+            "--storage-path",
+            str(tmp_path / "ray"),
+        ),
+        sweep_env,
+        timeout=120,
+    )
+    seconds = time.monotonic() - start
+    assert proc.returncode == 2
+    assert f"tracking URI {uri} is unreachable" in proc.stderr
+    assert "Started a local Ray instance" not in proc.stdout + proc.stderr
+    assert not (tmp_path / "ray").exists()
+    assert seconds < 60, f"took {seconds:.0f} s"  # mostly Python imports on a busy 2-core box
+
+
+@pytest.mark.parametrize(
+    ("extra", "config", "message"),
+    [
+        (["--solver", "bogus"], None, "unknown solver 'bogus'"),
+        (["--tau", "-1"], None, "tau must be a finite number >= 0, got -1.0"),
+        (["--max-iterations", "ten"], None, "max_iterations='ten' is not a valid int"),
+        (
+            [],
+            ("grid.yaml", "grid:\n  kappa: [0, 0.5]\n  taus: [0.1]\n"),
+            "unknown attack option 'taus'",
+        ),
+        ([], ("grid.toml", "n_images = 2\nepochs = 3\n"), "unknown key 'epochs'"),
+        ([], ("grid.toml", "[grid]\npadding = ['border', 'mirror']\n"), "unknown padding 'mirror'"),
+        ([], ("grid.yaml", "models: [A, D]\n"), "unknown model 'D'"),
+    ],
+)
+def test_bad_grid_value_fails_before_anything_runs(
+    extra: list[str],
+    config: tuple[str, str] | None,
+    message: str,
+    tmp_path: Path,
+    sweep_env: dict[str, str],
+) -> None:
+    args = [
+        *extra,
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--storage-path",
+        str(tmp_path / "ray"),
+    ]
+    if config is not None:
+        (tmp_path / config[0]).write_text(config[1])
+        args += ["--config", str(tmp_path / config[0])]
+    proc = run(sweep_cmd("kappa_tau", *args), sweep_env, timeout=120)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert message in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # failed before touching the tracking store
+    assert not (tmp_path / "ray").exists()
+
+
+def test_config_file_and_command_line_build_the_grid(
+    tmp_path: Path, sweep_env: dict[str, str]
+) -> None:
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "models: [B, C]\n"
+        "n_images: 3\n"
+        "attack:\n  max_iterations: 50\n  pgtol: 1e-6\n"  # YAML reads 1e-6 as a string: coerced
+        "grid:\n  - {tau: [0.05, 0.01]}\n  - {keep: [last]}\n"
+    )
+    proc = run(
+        sweep_cmd("ablation", "--config", str(config), "--kappa", "0", "0.5", "--dry-run"),
+        sweep_env,
+        120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = [line for line in proc.stdout.splitlines() if line.strip() and "trials" not in line]
+    labels = [line.split(maxsplit=2)[2] for line in lines]
+    # (2 taus + keep=last) x 2 kappas, for C first (the costlier model), then B
+    assert labels == [
+        "C base",
+        "C kappa=0.5",
+        "C tau=0.01",
+        "C tau=0.01 kappa=0.5",
+        "C keep=last",
+        "C kappa=0.5 keep=last",
+        "B base",
+        "B kappa=0.5",
+        "B tau=0.01",
+        "B tau=0.01 kappa=0.5",
+        "B keep=last",
+        "B kappa=0.5 keep=last",
+    ]
+    assert proc.stdout.strip().endswith("12 trials")
+
+
+def test_report_ranks_choices_by_their_effect(tmp_path: Path, sweep_env: dict[str, str]) -> None:
+    """A one-choice-at-a-time sweep with known numbers, logged as the sweep driver logs it."""
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = MlflowClient(uri)
+    exp_id = client.create_experiment("synthetic")
+    base = {
+        "tau": "0.05",
+        "kappa": "0.0",
+        "flow_loss": "eq4",
+        "eq5_scale": "none",
+        "keep": "best",
+        "loss_input": "logits",
+    }
+    parent = client.create_run(
+        exp_id, run_name="ablation-x", tags={"stadv.role": "parent", "stadv.sweep": "ablation"}
+    )
+    for k, v in base.items():
+        client.log_param(parent.info.run_id, f"base.{k}", v)
+    # (changed options, success of model A, success of model B)
+    trials = [
+        ({}, 1.0, 0.9),
+        ({"loss_input": "softmax"}, 0.2, 0.3),  # -0.8 / -0.6
+        ({"keep": "last"}, 0.8, 0.6),  # -0.2 / -0.3
+        ({"flow_loss": "eq5"}, 0.9, 0.9),  # -0.1 / 0
+        ({"flow_loss": "eq5", "eq5_scale": "n"}, 0.5, 0.5),  # vs eq5: -0.4 / -0.4
+    ]
+    for changed, *rates in trials:
+        for model, rate in zip("AB", rates, strict=True):
+            child = client.create_run(exp_id, tags={"mlflow.parentRunId": parent.info.run_id})
+            for k, v in {
+                **base,
+                **changed,
+                "model": model,
+                "n_images": "10",
+                "targets": "all",
+            }.items():
+                client.log_param(child.info.run_id, k, v)
+            client.log_metric(child.info.run_id, "targeted_success_rate", rate)
+            client.log_metric(child.info.run_id, "mean_flow_loss", 1.0)
+            client.set_terminated(child.info.run_id, "FINISHED")
+    client.set_terminated(parent.info.run_id, "FINISHED")
+
+    out = tmp_path / "r.md"
+    proc = run(
+        sweep_cmd("results", "--tracking-uri", uri, "--experiment", "synthetic", "--out", str(out)),
+        sweep_env,
+        120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = out.read_text()
+    assert "The most harmful choice is **loss_input=softmax**: success changes by -70.00%" in text
+    ranked = [
+        line.split("|")[2].strip()
+        for line in text.splitlines()
+        if line.startswith("| ") and line.split("|")[1].strip().isdigit()
+    ]
+    assert ranked == ["loss_input=softmax", "eq5_scale=n", "keep=last", "flow_loss=eq5"]
+    assert "| A | 0.9995 | 1 | 1 |" in text  # paper beside ours at the base setting and our best
+    assert (tmp_path / "r_files" / "vs_loss_input.png").is_file()
+
+
+def test_trials_that_cannot_fit_the_cluster_fail_fast(
+    tmp_path: Path, ray_address: str, sweep_env: dict[str, str], sweep_store: Path, data_root: Path
+) -> None:
+    args = common_args(tmp_path, sweep_store, data_root, "nogpu")
+    cmd = sweep_cmd(
+        "kappa_tau", "--smoke-test", "--address", ray_address, "--gpus-per-trial", "1", *args
+    )
+    proc = run(cmd, sweep_env, timeout=120)
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "no trial fits the cluster: asked 1.0 CPU and 1.0 GPU per trial" in proc.stderr
+    assert not (tmp_path / "ray").exists()  # no Tune run was started
