@@ -8,6 +8,8 @@
 #   .ci/cluster.sh env            print $STATE/cluster.env (KEY=value lines, shell-quoted)
 #   .ci/cluster.sh worker-start   (re)start the extra Ray worker node
 #   .ci/cluster.sh worker-stop    stop the extra Ray worker node only (the head stays)
+#   .ci/cluster.sh run CMD...     start, run CMD with STADV_CLUSTER_STATE set, stop (also on
+#                                 failure or a signal); exits with CMD's status
 #
 # STATE is $STADV_CLUSTER_STATE (default /tmp/stadv-cluster); keep it short: Ray's unix
 # sockets live below it. The Python that runs MLflow and Ray is $STADV_PYTHON, else the
@@ -89,7 +91,7 @@ ensure_postgres() {
 # is in ray[default], not in ray[tune]. Install what is missing, at the installed Ray version.
 ensure_python_deps() {
   if ! "$PY" -c 'import psycopg2' 2>/dev/null; then
-    log "installing psycopg2-binary into $PY (the project's postgres extra)"
+    log "installing psycopg2-binary into $PY (the project's cluster extra)"
     "$PY" -m pip install -q 'psycopg2-binary>=2.9'
   fi
   if ! "$PY" -c 'import aiohttp_cors, grpc, opencensus, ray.dashboard' 2>/dev/null; then
@@ -374,14 +376,39 @@ cmd_stop() {
   log "stopped; logs and data stay in $STATE"
 }
 
+# Start the services, run one command against them, stop them whatever happens: the services
+# live only as long as the command (README's test command runs the cluster tests this way).
+cmd_run() {
+  (($# > 0)) || die "usage: $0 run CMD [ARGS...]"
+  local child= status=0
+  # A signal ends this script through the EXIT trap, which stops the services (and, once
+  # CMD runs, CMD first).
+  trap 'exit 129' HUP
+  trap 'exit 130' INT
+  trap 'exit 143' TERM
+  cmd_start
+  trap 'status=$?; [[ -z $child ]] || kill -TERM "$child" 2>/dev/null || true; cmd_stop; exit "$status"' EXIT
+  # In the background, so that a signal to this script is handled at once, not after CMD.
+  STADV_CLUSTER_STATE=$STATE "$@" &
+  child=$!
+  wait "$child" || status=$?
+  child=
+  log "$1 exited with status $status"
+  exit "$status"
+}
+
 case ${1:-} in
   start) cmd_start ;;
   stop) cmd_stop ;;
   env) cat "$ENV_FILE" 2>/dev/null || die "no cluster state at $ENV_FILE: run '$0 start' first" ;;
   worker-start) cmd_worker_start ;;
   worker-stop) cmd_worker_stop ;;
+  run)
+    shift
+    cmd_run "$@"
+    ;;
   *)
-    echo "usage: $0 start|stop|env|worker-start|worker-stop" >&2
+    echo "usage: $0 start|stop|env|worker-start|worker-stop|run CMD..." >&2
     exit 2
     ;;
 esac

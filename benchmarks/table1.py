@@ -35,6 +35,9 @@ READINGS: dict[str, dict[str, Any]] = {
     "eq5-sqrt_n": {"flow_loss": "eq5", "eq5_scale": "sqrt_n"},
     "eq5-n": {"flow_loss": "eq5", "eq5_scale": "n"},
     "eq5-grid": {"flow_loss": "eq5", "units": "grid"},
+    "eq5-gauss": {"flow_loss": "eq5", "init": "gaussian"},
+    "eq5-sqrt_n-gauss": {"flow_loss": "eq5", "eq5_scale": "sqrt_n", "init": "gaussian"},
+    "eq4-gauss": {"flow_loss": "eq4", "init": "gaussian"},
     "default-keep-last": {"keep": "last"},
 }
 

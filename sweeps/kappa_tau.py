@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import sys
 
-import common
+from grid_sweep import SweepDefaults, SweepSpec, main
 
-DEFAULTS = common.SweepDefaults(
+DEFAULTS = SweepDefaults(
     sweep="kappa_tau",
     description=__doc__ or "",
-    default=common.SweepSpec(
+    default=SweepSpec(
         sweep="kappa_tau",
         models=("A", "B", "C"),
         n_images=6,
@@ -37,7 +37,7 @@ DEFAULTS = common.SweepDefaults(
             {"pgtol": [1e-7, 1e-10]},
         ),
     ),
-    smoke=common.SweepSpec(
+    smoke=SweepSpec(
         sweep="kappa_tau",
         models=("B",),
         n_images=4,
@@ -49,4 +49,4 @@ DEFAULTS = common.SweepDefaults(
 )
 
 if __name__ == "__main__":
-    sys.exit(common.main(DEFAULTS))
+    sys.exit(main(DEFAULTS))

@@ -358,7 +358,7 @@ def figures(df: pd.DataFrame, base: Mapping[str, Any]) -> dict[str, Figure]:
 # ---------------------------------------------------------------------------------------------
 # Text: terminal summary and Markdown report
 # ---------------------------------------------------------------------------------------------
-def _md(df: pd.DataFrame) -> str:
+def markdown_table(df: pd.DataFrame) -> str:
     """A DataFrame as a GitHub Markdown table (no tabulate dependency)."""
     if not len(df):
         return "_(none)_\n"
@@ -427,19 +427,19 @@ def report_markdown(
             verdict = "No swept choice lowers success against the base setting."
         lines += ["## Which choice explains the failed reproductions", "", verdict, ""]
         lines += [
-            _md(ranked),
+            markdown_table(ranked),
             "Per model (each trial paired with the one differing only in that choice):",
             "",
-            _md(effects(df, base)),
+            markdown_table(effects(df, base)),
         ]
-    lines += ["## The paper's Table 1 beside ours", "", _md(paper_table(df, base))]
-    lines += ["## Best setting per model", "", _md(best_per_model(df, base))]
+    lines += ["## The paper's Table 1 beside ours", "", markdown_table(paper_table(df, base))]
+    lines += ["## Best setting per model", "", markdown_table(best_per_model(df, base))]
     if "kappa" in swept and "tau" in swept:
         lines += ["## Success over kappa x tau", ""]
         for model in sorted(df["model"].unique()):
             t = grid_table(df, model, "kappa", "tau").reset_index()
-            lines += [f"Model {model} (rows kappa, columns tau):", "", _md(t)]
-    lines += ["## All trials", "", _md(trials_table(df, base))]
+            lines += [f"Model {model} (rows kappa, columns tau):", "", markdown_table(t)]
+    lines += ["## All trials", "", markdown_table(trials_table(df, base))]
     if figure_files:
         lines += ["## Figures", ""]
         lines += [f"![{Path(f).stem}]({f})\n" for f in figure_files]
@@ -475,13 +475,19 @@ def write_report(
     return out
 
 
+def write_tables(folder: Path, **tables: pd.DataFrame) -> None:
+    """Each table as ``<name>.csv`` and ``<name>.parquet`` in ``folder``."""
+    for name, table in tables.items():
+        table.to_csv(folder / f"{name}.csv", index=False)
+        table.to_parquet(folder / f"{name}.parquet", index=False)
+
+
 def log_summary(client: MlflowClient, parent: Any, df: pd.DataFrame) -> None:
     """Log the trials table, figures and report on the parent run (the driver calls this)."""
     base = base_options(parent)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        df.to_csv(folder / "trials.csv", index=False)
-        df.to_parquet(folder / "trials.parquet", index=False)
+        write_tables(folder, trials=df)
         names = []
         for name, fig in figures(df, base).items():
             plots.save_png(fig, folder / "figures" / name)

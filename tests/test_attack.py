@@ -26,7 +26,7 @@ def test_input_not_mutated_and_no_nan(tiny_model_b: torch.nn.Module, batch) -> N
     params = [p.detach().clone() for p in tiny_model_b.parameters()]
     result = StAdv(**FAST)(tiny_model_b, x, y, targets="random")
     assert torch.equal(x, x0) and torch.equal(y, y0)
-    assert all(torch.equal(p, q) for p, q in zip(params, tiny_model_b.parameters()))
+    assert all(torch.equal(p, q) for p, q in zip(params, tiny_model_b.parameters(), strict=True))
     assert all(p.requires_grad for p in tiny_model_b.parameters())  # restored
     assert torch.isfinite(result.adv_images).all() and torch.isfinite(result.flows).all()
     assert float(result.adv_images.min()) >= 0 and float(result.adv_images.max()) <= 1
@@ -189,7 +189,7 @@ def test_random_init_is_seeded(tiny_model_b: torch.nn.Module, batch) -> None:  #
         ({"flow_loss": "eq3"}, "unknown flow_loss 'eq3'"),
         ({"max_iterations": -1}, "max_iterations must be an integer >= 0"),
         ({"history": 0}, "history must be an integer >= 1"),
-        ({"eq5_scale": "n"}, "only applies to flow_loss='eq5'"),
+        ({"flow_loss": "eq4", "eq5_scale": "n"}, "only applies to flow_loss='eq5'"),
         ({"loss_input": "probs"}, "unknown loss_input 'probs'"),
     ],
 )

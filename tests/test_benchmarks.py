@@ -5,7 +5,7 @@ attacks 2 test images with at most 20 iterations and writes JSON. Checked: the J
 every throughput number is finite and positive, that the speedups are the ratios of the rows'
 attacks/s, that success and its Wilson interval are consistent, and that the printed table names
 each method. The advertorch comparison runs only where advertorch (the ``bench`` extra) is
-installed; CI installs ``.[dev,postgres]``, so there it is skipped.
+installed; CI installs ``.[dev,cluster]``, so there it is skipped.
 """
 
 from __future__ import annotations

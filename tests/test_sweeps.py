@@ -1,15 +1,20 @@
 """The sweep scripts, run for real as users run them: ``python sweeps/<name>.py ...``.
 
 Each sweep runs as a subprocess against a temporary SQLite MLflow store, joining the session's
-Ray instance (``ray_address``) unless a test is about the embedded one. The smoke model is
+Ray instance (``ray_address``) unless a test is about the embedded one. The smoke models are
 quick-trained once into a session store. Checked: parent and child runs with their params,
 metrics, tags and artifacts (valid PNGs, tables that read back and agree with the metrics);
 a killed trial worker is retried; an interrupted driver resumes without duplicate runs; an
-unreachable tracking URI and a bad grid value fail in seconds before anything runs.
+unreachable tracking URI and a bad grid value fail in seconds before anything runs. The
+defense sweep (``sweeps/defenses.py``) logs its table of every attack against every defense.
+A few tests import the sweep modules themselves (``sweep_modules``), as the scripts do.
 """
 
 from __future__ import annotations
 
+import importlib
+import itertools
+import json
 import math
 import os
 import signal
@@ -51,6 +56,15 @@ CHILD_ARTIFACTS = (
     "attacks.parquet",
     "attacks.csv",
 )
+
+
+@pytest.fixture()
+def sweep_modules(monkeypatch: pytest.MonkeyPatch) -> Any:
+    """``import_module`` with sweeps/ on ``sys.path``, as a sweep script has it (the library
+    package ``defenses`` imported first: sweeps/defenses.py would stand in for it)."""
+    importlib.import_module("defenses")
+    monkeypatch.syspath_prepend(str(REPO / "sweeps"))
+    return importlib.import_module
 
 
 def sweep_cmd(script: str, *args: str) -> list[str]:
@@ -148,25 +162,36 @@ class Sweep:
 
 
 @pytest.fixture(scope="module")
-def kappa_tau_smoke(
+def smoke_runner(
     tmp_path_factory: pytest.TempPathFactory,
     ray_address: str,
     sweep_env: dict[str, str],
     sweep_store: Path,
     data_root: Path,
-) -> dict[str, Any]:
+) -> Any:
+    """Runs ``<script>.py --smoke-test`` into a fresh SQLite store, joining the session's Ray."""
+
+    def smoke(script: str, experiment: str) -> dict[str, Any]:
+        tmp = tmp_path_factory.mktemp(script)
+        args = common_args(tmp, sweep_store, data_root, experiment)
+        start = time.monotonic()
+        proc = run(sweep_cmd(script, "--smoke-test", "--address", ray_address, *args), sweep_env)
+        return {
+            "proc": proc,
+            "seconds": time.monotonic() - start,
+            "uri": f"sqlite:///{tmp / 'mlflow.db'}",
+            "tmp": tmp,
+            "experiment": experiment,
+            "store": sweep_store,
+        }
+
+    return smoke
+
+
+@pytest.fixture(scope="module")
+def kappa_tau_smoke(smoke_runner: Any) -> dict[str, Any]:
     """``kappa_tau.py --smoke-test`` once, into a fresh SQLite store."""
-    tmp = tmp_path_factory.mktemp("kappa-tau")
-    args = common_args(tmp, sweep_store, data_root, "kt-smoke")
-    start = time.monotonic()
-    proc = run(sweep_cmd("kappa_tau", "--smoke-test", "--address", ray_address, *args), sweep_env)
-    return {
-        "proc": proc,
-        "seconds": time.monotonic() - start,
-        "uri": f"sqlite:///{tmp / 'mlflow.db'}",
-        "tmp": tmp,
-        "experiment": "kt-smoke",
-    }
+    return smoke_runner("kappa_tau", "kt-smoke")
 
 
 @pytest.mark.slow
@@ -453,6 +478,16 @@ def test_bad_grid_value_fails_before_anything_runs(
     tmp_path: Path,
     sweep_env: dict[str, str],
 ) -> None:
+    if config is not None:
+        (tmp_path / config[0]).write_text(config[1])
+        extra = [*extra, "--config", str(tmp_path / config[0])]
+    assert_fails_before_anything_runs("kappa_tau", extra, message, tmp_path, sweep_env)
+
+
+def assert_fails_before_anything_runs(
+    script: str, extra: list[str], message: str, tmp_path: Path, env: dict[str, str]
+) -> None:
+    """The script exits with 2 and ``message``, before touching the tracking store or Tune."""
     args = [
         *extra,
         "--tracking-uri",
@@ -460,10 +495,7 @@ def test_bad_grid_value_fails_before_anything_runs(
         "--storage-path",
         str(tmp_path / "ray"),
     ]
-    if config is not None:
-        (tmp_path / config[0]).write_text(config[1])
-        args += ["--config", str(tmp_path / config[0])]
-    proc = run(sweep_cmd("kappa_tau", *args), sweep_env, timeout=120)
+    proc = run(sweep_cmd(script, *args), env, timeout=120)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()  # failed before touching the tracking store
@@ -578,3 +610,166 @@ def test_trials_that_cannot_fit_the_cluster_fail_fast(
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "no trial fits the cluster: asked 1.0 CPU and 1.0 GPU per trial" in proc.stderr
     assert not (tmp_path / "ray").exists()  # no Tune run was started
+
+
+def test_storage_path_uri_goes_to_tune_unchanged(
+    sweep_modules: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tune_storage = sweep_modules("tuning").tune_storage
+    assert tune_storage("s3://bucket/path", "kappa_tau") == "s3://bucket/path/kappa_tau"
+    assert tune_storage("gs://bucket/a/b/", "ablation") == "gs://bucket/a/b/ablation"
+    monkeypatch.chdir(tmp_path)
+    assert tune_storage("ray_results", "x") == str(tmp_path.resolve() / "ray_results" / "x")
+
+
+# ---------------------------------------------------------------------------------------------
+# The defense sweep
+# ---------------------------------------------------------------------------------------------
+DEFENSES = ("none", "fgsm", "ensemble", "pgd", "blur", "denoiser")
+ATTACKS = ("fgsm", "cw", "stadv")
+
+
+@pytest.fixture(scope="module")
+def defense_smoke(smoke_runner: Any) -> dict[str, Any]:
+    """``defenses.py --smoke-test`` once (training the smoke defenses into the session store)."""
+    return smoke_runner("defenses", "def-smoke")
+
+
+@pytest.mark.slow
+def test_defense_sweep_smoke_logs_the_table(defense_smoke: dict[str, Any], tmp_path: Path) -> None:
+    proc = defense_smoke["proc"]
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    out = proc.stdout
+    assert "18/18 trials finished" in out
+    assert "with Wilson 95 % intervals; clean acc = accuracy of the defended model" in out
+    for label in ("undefended", "FGSM-adv", "ensemble-adv", "PGD-adv", "blur", "denoiser"):
+        assert f" B {label:>12} " in out, label
+    assert "could not be checked here" in out  # the paper's defense table, said plainly
+
+    client, parents, children = runs_of(defense_smoke["uri"], defense_smoke["experiment"])
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    parent = parents[0]
+    assert parent.data.params["trials"] == "18" and parent.data.params["preset"] == "smoke"
+    assert parent.data.params["training.train_limit"] == "1000"
+    assert len(children) == 18
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    cells = {(c.data.params["attack"], c.data.params["defense"]) for c in children}
+    assert cells == set(itertools.product(ATTACKS, DEFENSES))
+    assert len({c.data.tags["stadv.trial_key"] for c in children}) == 18
+    accuracy: dict[str, set[float]] = {}
+    for child in children:
+        assert child.info.status == "FINISHED"
+        params, metrics = child.data.params, child.data.metrics
+        assert params["model"] == "B" and params["targets"] == "random"
+        assert params["model_variant"] == "smoke" and params["eval_images"] == "2000"
+        assert metrics["attacks"] == 2.0  # 2 images, one random target each
+        rate = metrics["targeted_success_rate"]
+        assert metrics["targeted_success_ci_low"] <= rate <= metrics["targeted_success_ci_high"]
+        assert 0 <= metrics["clean_accuracy"] <= 1 and 0 < metrics["test_accuracy"] <= 1
+        accuracy.setdefault(params["defense"], set()).add(metrics["test_accuracy"])
+        if params["defense"] in ("fgsm", "ensemble", "pgd"):
+            assert params["defense_variant"] == f"adv-{params['defense']}-smoke"
+        names = {a.path for a in client.list_artifacts(child.info.run_id)}
+        expected = {"attacks.parquet", "attacks.csv", "figure2_grid.png", "target_heatmap.png"}
+        if params["attack"] == "stadv":
+            expected.add("flow_quiver.png")
+        assert names == expected, (child.info.run_name, names)
+        local = Path(
+            client.download_artifacts(child.info.run_id, "", str(tmp_path / child.info.run_id))
+        )
+        assert is_png(local / "figure2_grid.png") and is_png(local / "target_heatmap.png")
+        table = pd.read_parquet(local / "attacks.parquet")
+        assert len(table) == 2 and (table["target"] != table["label"]).all()
+        assert table["success"].mean() == pytest.approx(rate)
+    # one clean accuracy per defended model, whichever attack's run logged it
+    assert all(len(v) == 1 for v in accuracy.values()), accuracy
+
+    local = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "parent")))
+    table = pd.read_csv(local / "defense_table.csv")
+    assert len(table) == 18 and set(table["defense"]) == set(DEFENSES)
+    assert ((table["ci_low"] <= table["success"]) & (table["success"] <= table["ci_high"])).all()
+    for attack in ATTACKS:
+        assert is_png(local / "figures" / f"success_{attack}.png"), attack
+    assert "# Attacks against defenses" in (local / "report.md").read_text()
+    for defense in DEFENSES:
+        assert parent.data.metrics[f"test_accuracy.{defense}.B"] == accuracy[defense].pop()
+
+    # the defended checkpoints record how they were trained
+    sidecar = json.loads((defense_smoke["store"] / "mnist-B-adv-pgd-smoke.json").read_text())
+    assert sidecar["extra"]["defense"] == "pgd" and sidecar["extra"]["train_images"] == 1000
+    assert sidecar["extra"]["defense_params"]["steps"] == 3
+    assert sidecar["extra"]["defense_params"]["alpha"] == 0.1
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--defenses", "none", "bogus"], "unknown defense 'bogus'"),
+        (["--attacks", "fgsm", "deepfool"], "unknown attack 'deepfool'"),
+        (["--models", "A", "D"], "unknown model 'D'"),
+        (["--pgd-steps", "0"], "pgd_steps must be >= 1, got 0"),
+        (["--cw-search-steps", "0"], "binary_search_steps"),
+        (["--adv-train-limit", "ten"], "expected a whole number or 'all', got 'ten'"),
+        (["--smoke-test", "--preset", "paper"], "--smoke-test and --preset paper exclude"),
+    ],
+)
+def test_defense_sweep_bad_values_fail_before_anything_runs(
+    extra: list[str], message: str, tmp_path: Path, sweep_env: dict[str, str]
+) -> None:
+    assert_fails_before_anything_runs("defenses", extra, message, tmp_path, sweep_env)
+
+
+def test_defense_sweep_dry_run_lists_every_combination(sweep_env: dict[str, str]) -> None:
+    proc = run(sweep_cmd("defenses", "--dry-run"), sweep_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("54 trials")
+    labels = [line.split(maxsplit=2)[2] for line in proc.stdout.splitlines()[:-1]]
+    assert labels[:3] == ["C undefended FGSM", "C undefended C&W", "C undefended stAdv"]
+    assert labels[-1] == "B denoiser stAdv"
+    proc = run(
+        sweep_cmd(
+            "defenses", "--dry-run", "--models", "B", "--defenses", "pgd", "--attacks", "stadv"
+        ),
+        sweep_env,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.splitlines()[0].endswith("B PGD-adv stAdv")
+
+
+def test_defense_settings_name_their_checkpoints(sweep_modules: Any) -> None:
+    cli, spec_mod = sweep_modules("cli"), sweep_modules("defense_spec")
+    plan = sweep_modules("defense_sweep").DefenseSweep("")
+    parser = cli.new_parser("defenses", "")
+    plan.add_arguments(parser)
+    cli.add_run_arguments(parser, "defenses")
+
+    default = plan.resolve(parser.parse_args([]))
+    assert default.preset == "cpu" and default.n_images == 30 and default.targets == "random"
+    assert default.settings.train_limit == 10_000 and default.settings.pgd_steps == 20
+    assert default.attack_options["fgsm"] == {"epsilon": 0.3}
+    assert default.attack_options["stadv"] == {"tau": 0.05, "kappa": 0.0}
+    assert spec_mod.variant("pgd", default.settings) == "adv-pgd-cpu"
+    assert spec_mod.variant("denoiser", default.settings) == "cpu"
+    # blur's parameters do not rename the adversarially trained models
+    assert spec_mod.variant("fgsm", default.settings) == "adv-fgsm-cpu"
+
+    paper = plan.resolve(parser.parse_args(["--preset", "paper"]))
+    assert paper.settings.train_limit is None and paper.settings.pgd_steps == 40
+    assert paper.n_images == 10_000 and paper.attack_options["cw"]["max_iterations"] == 10_000
+    assert spec_mod.variant("pgd", paper.settings) == "adv-pgd"  # `stadv train --defense pgd`'s
+    assert spec_mod.variant("denoiser", paper.settings) == ""
+
+    custom = plan.resolve(parser.parse_args(["--adv-train-limit", "all", "--blur-sigma", "2"]))
+    assert custom.settings.train_limit is None and custom.settings.epochs == 1
+    pgd = spec_mod.variant("pgd", custom.settings)
+    assert pgd.startswith("adv-pgd-t") and pgd != spec_mod.variant("pgd", paper.settings)
+    assert spec_mod.variant("denoiser", custom.settings) == "cpu"  # unchanged by these options
+
+    # the spec survives its JSON round trip (what --resume reads back)
+    saved = json.loads(json.dumps(custom.to_json()))
+    assert spec_mod.DefenseSpec.from_json(saved) == custom
+    keys = [p.key for p in spec_mod.build_defense_points(custom)]
+    assert keys == [
+        p.key for p in spec_mod.build_defense_points(spec_mod.DefenseSpec.from_json(saved))
+    ]

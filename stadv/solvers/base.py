@@ -25,13 +25,13 @@ StopFn = Callable[[torch.Tensor], torch.Tensor]
 
 #: Stop reasons, as in SciPy's L-BFGS-B messages.
 STOP_REASONS: tuple[str, ...] = (
-    "pgtol",            # max |g| <= pgtol
-    "factr",            # (f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= factr * eps
-    "max_iterations",   # iteration limit
+    "pgtol",  # max |g| <= pgtol
+    "factr",  # (f_k - f_{k+1}) / max(|f_k|, |f_{k+1}|, 1) <= factr * eps
+    "max_iterations",  # iteration limit
     "max_evaluations",  # function-evaluation limit
-    "line_search",      # the line search found no acceptable step
-    "callback",         # should_stop said so
-    "not_finite",       # f or g not finite
+    "line_search",  # the line search found no acceptable step
+    "callback",  # should_stop said so
+    "not_finite",  # f or g not finite
 )
 
 

@@ -1,0 +1,289 @@
+"""The defense sweep's trials: {attacks} x {defenses} x {models}, and how defenses are trained.
+
+A :class:`DefenseSpec` names the attacks (``fgsm``, ``cw``, ``stadv``; ``pgd`` also runs),
+the defenses (the library's names: ``none``, ``fgsm``, ``ensemble``, ``pgd`` adversarial
+training, ``blur``, ``denoiser``), the models, the images and target protocol, each attack's
+options and the :class:`DefenseSettings` that say how a missing defended model is trained.
+:func:`build_defense_points` validates all of it (a bad name or value raises ``SweepError``
+naming it) and returns one :class:`spec.Point` per (model, defense, attack).
+
+Trained defenses are stored under a variant that names their settings (:func:`variant`):
+``adv-pgd`` for the paper's (the same checkpoint ``stadv train --defense pgd`` writes),
+``adv-pgd-cpu`` / ``adv-pgd-smoke`` for the CPU default and the smoke test, and
+``adv-pgd-t<hash>`` for any other setting, so a quick model never stands in for another.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from spec import MODEL_COST, Point, SweepError, check_common, full_options
+from trial import ATTACKS
+
+from defenses import DEFENSES, TRAINING_VARIANTS
+from stadv.flow import check_choice
+from stadv.models import check_model_name
+
+#: Defenses whose classifier is trained into the store (adversarial training).
+TRAINED = ("fgsm", "ensemble", "pgd")
+#: How the tables name things.
+DEFENSE_LABELS = {
+    "none": "undefended",
+    "fgsm": "FGSM-adv",
+    "ensemble": "ensemble-adv",
+    "pgd": "PGD-adv",
+    "blur": "blur",
+    "denoiser": "denoiser",
+}
+ATTACK_LABELS = {"fgsm": "FGSM", "cw": "C&W", "stadv": "stAdv", "pgd": "PGD"}
+
+
+@dataclass(frozen=True)
+class DefenseSettings:
+    """How missing defended models are trained, and the blur's parameters.
+
+    ``train_limit``/``epochs`` (None: all 60,000 images / the model's recipe, 6 epochs for A
+    and B, 10 for C) apply to the three adversarial trainings (Adam 1e-3, batch 64, ``seed``);
+    FGSM and ensemble training use FGSM with ``epsilon`` (half clean, half adversarial loss),
+    PGD training ``pgd_steps`` steps of ``pgd_alpha`` in the ``epsilon`` ball (adversarial
+    loss only); the ensemble's static models are ``static_models`` (None: the other
+    architectures), undefended. The denoiser trains ``denoiser_epochs`` on
+    ``denoiser_train_limit`` images with noise 0.1 (``stadv train-denoiser``).
+    """
+
+    train_limit: int | None = None
+    epochs: int | None = None
+    epsilon: float = 0.3
+    pgd_steps: int = 40
+    pgd_alpha: float = 0.01
+    static_models: tuple[str, ...] | None = None
+    denoiser_epochs: int = 5
+    denoiser_train_limit: int | None = None
+    blur_kernel_size: int = 3
+    blur_sigma: float = 1.0
+    seed: int = 0
+
+    def relevant(self, defense: str) -> dict[str, Any]:
+        """The settings that define defense ``defense``'s stored model (or the blur)."""
+        common = {"train_limit": self.train_limit, "epochs": self.epochs, "seed": self.seed}
+        if defense == "fgsm":
+            return {**common, "epsilon": self.epsilon}
+        if defense == "ensemble":
+            static = list(self.static_models) if self.static_models is not None else None
+            return {**common, "epsilon": self.epsilon, "static_models": static}
+        if defense == "pgd":
+            return {
+                **common,
+                "epsilon": self.epsilon,
+                "steps": self.pgd_steps,
+                "alpha": self.pgd_alpha,
+            }
+        if defense == "denoiser":
+            return {
+                "epochs": self.denoiser_epochs,
+                "train_limit": self.denoiser_train_limit,
+                "seed": self.seed,
+            }
+        if defense == "blur":
+            return {"kernel_size": self.blur_kernel_size, "sigma": self.blur_sigma}
+        return {}
+
+
+#: The named settings. ``paper``: Tramèr et al.'s and Madry et al.'s (all data, the model's
+#: epochs, PGD 40 x 0.01), for a GPU. ``cpu`` (the default): 10,000 images, one epoch, PGD
+#: 20 x 0.02 (the same 0.4 path length), denoiser 2 epochs on 10,000 images; see
+#: ``sweeps/defenses.py`` for its cost. ``smoke``: 1,000 images (the denoiser 2,000), seconds.
+PRESETS: dict[str, DefenseSettings] = {
+    "paper": DefenseSettings(),
+    "cpu": DefenseSettings(
+        train_limit=10_000,
+        epochs=1,
+        pgd_steps=20,
+        pgd_alpha=0.02,
+        denoiser_epochs=2,
+        denoiser_train_limit=10_000,
+    ),
+    "smoke": DefenseSettings(
+        train_limit=1000,
+        epochs=1,
+        pgd_steps=3,
+        pgd_alpha=0.1,
+        static_models=("B",),
+        denoiser_epochs=1,
+        denoiser_train_limit=2000,
+    ),
+}
+#: Each attack's options: the CPU default, and the paper preset's changes. FGSM at the defense
+#: table's 0.3; stAdv at the paper's tau 0.05, kappa 0; C&W with a short binary search that
+#: starts at c = 1e-2 (the reference code: 9 steps x 10,000 iterations from c = 1e-3).
+ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
+    "fgsm": {"epsilon": 0.3},
+    "cw": {"binary_search_steps": 5, "max_iterations": 200, "initial_const": 1e-2},
+    "stadv": {"tau": 0.05, "kappa": 0.0},
+    "pgd": {"epsilon": 0.3, "alpha": 0.01, "steps": 40},
+}
+PAPER_ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
+    "cw": {"binary_search_steps": 9, "max_iterations": 10_000, "initial_const": 1e-3},
+}
+SMOKE_ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
+    "cw": {"binary_search_steps": 2, "max_iterations": 20},
+    "stadv": {"max_iterations": 20},
+    "pgd": {"steps": 5},
+}
+
+
+@dataclass(frozen=True)
+class DefenseSpec:
+    """Everything that defines the defense sweep's trials (JSON-serialisable, for ``--resume``)."""
+
+    sweep: str
+    models: tuple[str, ...] = ("A", "B", "C")
+    attacks: tuple[str, ...] = ("fgsm", "cw", "stadv")
+    defenses: tuple[str, ...] = ("none", "fgsm", "ensemble", "pgd", "blur", "denoiser")
+    dataset: str = "mnist"
+    n_images: int = 30
+    targets: str = "random"
+    attack_options: dict[str, dict[str, Any]] = field(default_factory=dict)
+    preset: str = "cpu"
+    settings: DefenseSettings = field(default_factory=lambda: PRESETS["cpu"])
+    #: test images for each defended model's clean accuracy (None: the whole split)
+    eval_images: int | None = None
+    smoke: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, raw: Mapping[str, Any]) -> DefenseSpec:
+        settings = dict(raw["settings"])
+        if settings.get("static_models") is not None:
+            settings["static_models"] = tuple(settings["static_models"])
+        return cls(
+            **{
+                **raw,
+                "models": tuple(raw["models"]),
+                "attacks": tuple(raw["attacks"]),
+                "defenses": tuple(raw["defenses"]),
+                "attack_options": {k: dict(v) for k, v in raw["attack_options"].items()},
+                "settings": DefenseSettings(**settings),
+            }
+        )
+
+
+def check_names(kind: str, names: tuple[str, ...], allowed: tuple[str, ...]) -> tuple[str, ...]:
+    """``names`` (without duplicates), each one of ``allowed``; else ``SweepError`` naming it."""
+    if not names:
+        raise SweepError(f"no {kind}s to sweep")
+    try:
+        return tuple(dict.fromkeys(check_choice(kind, n, allowed) for n in names))
+    except ValueError as err:
+        raise SweepError(str(err)) from None
+
+
+def check_settings(s: DefenseSettings) -> None:
+    """Each training setting in range (``SweepError`` naming the bad one)."""
+    for name in ("train_limit", "epochs", "denoiser_train_limit"):
+        value = getattr(s, name)
+        if value is not None and (not isinstance(value, int) or value < 1):
+            raise SweepError(f"{name} must be a whole number >= 1 (or unset), got {value!r}")
+    for name in ("pgd_steps", "denoiser_epochs", "blur_kernel_size"):
+        if getattr(s, name) < 1:
+            raise SweepError(f"{name} must be >= 1, got {getattr(s, name)!r}")
+    if s.blur_kernel_size % 2 == 0:
+        raise SweepError(f"blur_kernel_size must be odd, got {s.blur_kernel_size}")
+    for name in ("epsilon", "pgd_alpha", "blur_sigma"):
+        value = getattr(s, name)
+        if not value >= 0 or (name != "epsilon" and value == 0):
+            raise SweepError(f"{name} must be a number > 0, got {value!r}")
+    if s.static_models is not None:
+        if not s.static_models:
+            raise SweepError("static_models must name at least one model")
+        try:
+            [check_model_name(m) for m in s.static_models]
+        except ValueError as err:
+            raise SweepError(f"static_models: {err}") from None
+
+
+def attack_options(attack: str, options: Mapping[str, Any]) -> dict[str, Any]:
+    """Every scalar option of ``attack`` (its defaults overridden by ``options``), validated by
+    the attack itself; ``SweepError`` naming a bad key or value. The pixel ``bounds`` (a pair)
+    stay at the attacks' default, [0, 1], and out of the run parameters."""
+    cls = ATTACKS[attack]
+    try:
+        if attack == "stadv":
+            return full_options(options)
+        made = cls(**options)
+    except (ValueError, TypeError) as err:
+        raise SweepError(f"invalid {attack} options {dict(options)}: {err}") from None
+    values = {f.name: getattr(made, f.name) for f in dataclasses.fields(made)}
+    return {k: v for k, v in values.items() if not isinstance(v, (tuple, list, dict))}
+
+
+def variant(defense: str, settings: DefenseSettings) -> str:
+    """The store variant of a trained defense (``fgsm``, ``ensemble``, ``pgd``, ``denoiser``)
+    under ``settings``: the name of the preset whose settings for it match, else their hash."""
+    mine = settings.relevant(defense)
+    names = [n for n, preset in PRESETS.items() if preset.relevant(defense) == mine]
+    if names:
+        suffix = "" if names[0] == "paper" else names[0]
+    else:
+        suffix = "t" + hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:6]
+    if defense == "denoiser":
+        return suffix  # <dataset>-denoiser[-<suffix>].pt
+    return "-".join(part for part in (TRAINING_VARIANTS[defense], suffix) if part)
+
+
+def trial_key(spec: DefenseSpec, model: str, defense: str, attack: str, options: Any) -> str:
+    """A stable hash of everything that defines a trial's result."""
+    ident = {
+        "sweep": "defenses",
+        "model": model,
+        "defense": defense,
+        "defense_settings": spec.settings.relevant(defense),
+        "attack": attack,
+        "dataset": spec.dataset,
+        "n_images": spec.n_images,
+        "targets": spec.targets,
+        "smoke": spec.smoke,
+        "options": dict(sorted(options.items())),
+    }
+    blob = json.dumps(ident, sort_keys=True).encode()
+    return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def build_defense_points(spec: DefenseSpec) -> list[Point]:
+    """One trial per (model, defense, attack), most expensive model first; ``SweepError``
+    naming any bad model, attack, defense, option or setting."""
+    models = check_common(spec.models, spec.dataset, spec.n_images, spec.targets)
+    attacks = check_names("attack", spec.attacks, tuple(ATTACKS))
+    defenses = check_names("defense", spec.defenses, DEFENSES)
+    unknown = sorted(set(spec.attack_options) - set(ATTACKS))
+    if unknown:
+        raise SweepError(f"options for unknown attack {unknown[0]!r}; known: {', '.join(ATTACKS)}")
+    check_settings(spec.settings)
+    if spec.eval_images is not None and spec.eval_images < 1:
+        raise SweepError(f"eval_images must be >= 1 (or unset), got {spec.eval_images}")
+    options = {a: attack_options(a, spec.attack_options.get(a, {})) for a in attacks}
+    points = []
+    for model in sorted(dict.fromkeys(models), key=lambda m: -MODEL_COST.get(m, 1.0)):
+        for defense in defenses:
+            for attack in attacks:
+                key = trial_key(spec, model, defense, attack, options[attack])
+                label = f"{model} {DEFENSE_LABELS[defense]} {ATTACK_LABELS[attack]}"
+                points.append(
+                    Point(
+                        model=model,
+                        options=options[attack],
+                        key=key,
+                        label=label,
+                        attack=attack,
+                        weights=f"{model}/{defense}",
+                        params={"attack": attack, "defense": defense},
+                    )
+                )
+    return points

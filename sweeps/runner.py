@@ -1,0 +1,321 @@
+"""The sweep driver: from the command line through Ray Tune to the summary, with ``--resume``.
+
+A sweep script hands :func:`main` its *plan* (:class:`SweepPlan`: its grid, how to prepare
+its models and how to summarise its runs). The driver (the process running the script)
+
+1. builds the trials from the plan and the command line, validating every one: a bad key or
+   value stops the run here, naming it, before Ray starts;
+2. checks that the MLflow tracking store answers (in seconds), creates the experiment and
+   one parent run there, so the store is initialised before any trial writes to it;
+3. starts an embedded Ray sized to the machine, or joins ``--address``;
+4. loads every model from the model store once (training a missing one once) and puts the
+   model bundles and the test images in Ray's object store, so trials need no shared disk;
+5. runs one Ray Tune trial per grid point (:func:`trial.run_trial`; FIFO: every trial runs to
+   the end), retrying a failed trial up to ``--max-failures`` times;
+6. prints and logs the plan's summary on the parent run and the ``mlflow ui`` command.
+
+The tracking store is also the sweep's memory: the parent run holds the resolved grid
+(``stadv_sweep.json``). ``--resume`` finds the latest unfinished parent run of the experiment
+and runs, in a fresh Ray Tune run, only the trials that have no FINISHED child run, so it
+works after Ctrl-C, after a killed driver and from another machine. Ray Tune's own files go to
+``<storage-path>/<experiment>/<time>/``; the storage path may be a URI (``s3://...``).
+
+Ray and Tune themselves are :mod:`tuning`'s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any, Protocol
+
+import ray
+import results
+from cli import add_run_arguments, new_parser
+from mlflow import MlflowClient
+from prepare import prepare_data
+from spec import Point, SweepError
+from tracking import (
+    as_metrics,
+    check_tracking,
+    create_parent,
+    find_resumable,
+    finished_keys,
+    get_or_create_experiment,
+    git_commit,
+    resolve_tracking_uri,
+    ui_command,
+    versions,
+)
+from tuning import init_ray, register_by_value, resources, run_tune, slots, tune_storage
+
+
+class Spec(Protocol):
+    """What the driver reads from any sweep's spec."""
+
+    sweep: str
+    models: tuple[str, ...]
+    dataset: str
+    n_images: int
+    targets: str
+    smoke: bool
+
+    def to_json(self) -> dict[str, Any]: ...
+
+
+class SweepPlan(Protocol):
+    """What a sweep script gives the driver (see ``grid_sweep.GridSweep``)."""
+
+    sweep: str
+    description: str
+    #: the script writing this sweep's Markdown report (``sweeps/<name>.py``), if any
+    report_script: str | None
+
+    def add_arguments(self, parser: argparse.ArgumentParser) -> None:
+        """The "what to sweep" options (``--smoke-test`` and ``--dry-run`` among them)."""
+
+    def resolve(self, args: argparse.Namespace) -> Spec:
+        """The spec the command line asks for (``SweepError`` naming a bad value)."""
+
+    def from_json(self, raw: Mapping[str, Any]) -> Spec:
+        """A spec saved by ``Spec.to_json`` (for ``--resume``)."""
+
+    def points(self, spec: Any) -> list[Point]:
+        """The validated trials (``SweepError`` naming a bad value)."""
+
+    def parent_params(self, spec: Any) -> dict[str, Any]:
+        """Parameters of the sweep's parent run."""
+
+    def prepare_models(self, spec: Any, args: argparse.Namespace) -> dict[str, Any]:
+        """Model bundles (:mod:`bundles`) by the points' ``weights`` (or ``model``) key."""
+
+    def summary(self, parent: Any, df: Any) -> tuple[str, dict[str, float]]:
+        """The text printed at the end and metrics for the parent run, from the runs' frame."""
+
+    def log_summary(self, client: MlflowClient, parent: Any, df: Any) -> None:
+        """Log the summary tables, figures and report on the parent run."""
+
+
+def main(plan: SweepPlan, argv: Sequence[str] | None = None) -> int:
+    """Run a sweep script; returns the exit status: 0 done, 1 trials failed, 2 bad input,
+    130 interrupted (continue with ``--resume``)."""
+    from stadv.data import DataNotFoundError
+    from stadv.store import CheckpointError
+
+    parser = new_parser(plan.sweep, plan.description)
+    plan.add_arguments(parser)
+    add_run_arguments(parser, plan.sweep)
+    args = parser.parse_args(argv)
+    try:
+        return Driver(args, plan).run()
+    except (SweepError, DataNotFoundError, CheckpointError) as err:
+        print(f"{parser.prog}: error: {err}", file=sys.stderr)
+        return 2
+
+
+# ---------------------------------------------------------------------------------------------
+# The driver
+# ---------------------------------------------------------------------------------------------
+def _print_points(points: Sequence[Point]) -> None:
+    for i, p in enumerate(points, 1):
+        print(f"{i:>4}  {p.key}  {p.label}")
+
+
+def _resume_hint(args: argparse.Namespace, sweep: str, uri: str, experiment: str) -> str:
+    parts = [f"python sweeps/{sweep}.py --resume --tracking-uri {uri}"]
+    parts.append(f"--experiment-name {experiment}")
+    for flag in ("address", "store", "data_dir", "storage_path"):
+        value = getattr(args, flag)
+        if value and not (flag == "storage_path" and value == "ray_results"):
+            parts.append(f"--{flag.replace('_', '-')} {value}")
+    return " ".join(parts)
+
+
+class Driver:
+    """One invocation of a sweep script, from the command line to the summary."""
+
+    def __init__(self, args: argparse.Namespace, plan: SweepPlan) -> None:
+        self.args = args
+        self.plan = plan
+        self.sweep = plan.sweep
+        self.started = time.perf_counter()
+        self.experiment = args.experiment_name or plan.sweep
+        self.uri = resolve_tracking_uri(args.tracking_uri)
+        self.tune_seconds = 0.0
+
+    def run(self) -> int:
+        args = self.args
+        parent = None
+        if args.resume:
+            check_tracking(self.uri)
+            client = MlflowClient(self.uri)
+            exp = client.get_experiment_by_name(self.experiment)
+            if exp is None:
+                raise SweepError(
+                    f"nothing to resume: no experiment {self.experiment!r} at {self.uri}"
+                )
+            found = find_resumable(client, str(exp.experiment_id), self.sweep)
+            if found is None:
+                latest = f"the latest {self.sweep} sweep in {self.experiment!r}"
+                print(f"nothing to resume: {latest} has finished")
+                return 0
+            parent, raw = found
+            spec = self.plan.from_json(raw)
+            print(
+                f"resuming sweep {parent.info.run_id} ({parent.info.run_name}), its saved settings"
+            )
+        else:
+            spec = self.plan.resolve(args)
+        points = self.plan.points(spec)
+        if args.dry_run:
+            _print_points(points)
+            print(f"{len(points)} trials")
+            return 0
+        if parent is None:
+            check_tracking(self.uri)
+        images, labels = prepare_data(spec.dataset, spec.n_images, args.data_dir)
+        started_ray = init_ray(args.address)
+        try:
+            per_trial = resources(args)
+            train_start = time.perf_counter()
+            models = self.plan.prepare_models(spec, args)
+            self.started += time.perf_counter() - train_start  # training is not sweep time
+            client = MlflowClient(self.uri)
+            if parent is None:
+                exp_id = get_or_create_experiment(client, self.experiment, self.uri)
+                parent = create_parent(
+                    client,
+                    exp_id,
+                    spec.sweep,
+                    spec.to_json(),
+                    points,
+                    self.plan.parent_params(spec),
+                )
+            else:
+                client.update_run(parent.info.run_id, status="RUNNING")
+            data = {"models": models, "images": (images, labels)}
+            return self._sweep(client, parent, spec, points, data, per_trial)
+        finally:
+            if started_ray:
+                ray.shutdown()
+
+    def _sweep(
+        self,
+        client: MlflowClient,
+        parent: Any,
+        spec: Spec,
+        points: Sequence[Point],
+        data: dict[str, Any],
+        per_trial: tuple[float, float],
+    ) -> int:
+        exp_id, parent_id = str(parent.info.experiment_id), parent.info.run_id
+        done = finished_keys(client, exp_id, parent_id)
+        todo = [p for p in points if p.key not in done]
+        cpus, gpus = per_trial
+        parallel = slots(cpus, gpus)
+        print(
+            f"sweep {spec.sweep}: {len(points)} trials, {len(points) - len(todo)} finished before; "
+            f"{spec.n_images} images, targets={spec.targets}; models {' '.join(spec.models)}; "
+            f"{cpus:g} CPU + {gpus:g} GPU per trial, {parallel} at a time",
+            flush=True,
+        )
+        print(f"MLflow: experiment {self.experiment!r}, parent run {parent_id} at {self.uri}")
+        ctx = {
+            "sweep": spec.sweep,
+            "tracking_uri": self.uri,
+            "experiment_id": exp_id,
+            "parent_run_id": parent_id,
+            "dataset": spec.dataset,
+            "targets": spec.targets,
+            "variant": "smoke" if spec.smoke else "",
+            "cpus_per_trial": cpus,
+            "git_commit": git_commit(),
+            "versions": versions(),
+        }
+        status = 0
+        ran: list[dict[str, Any]] = []
+        if todo:
+            register_by_value()
+            refs = {
+                "models": {m: ray.put(w) for m, w in data["models"].items()},
+                "images": ray.put(data["images"]),
+            }
+            storage = tune_storage(self.args.storage_path, self.experiment)
+            tune_start = time.perf_counter()
+            try:
+                grid = run_tune(todo, ctx, refs, self.args, storage, per_trial)
+            except KeyboardInterrupt:  # a second Ctrl-C: Tune gave up saving; MLflow knows
+                client.set_terminated(parent_id, "KILLED")
+                print(f"\ninterrupted; continue with:\n  {self._hint()}")
+                return 130
+            for r in grid:
+                if r.error is not None:
+                    label = r.config["point"]["label"]
+                    print(f"trial {label} failed: {r.error!r}", file=sys.stderr)
+                    status = 1
+                elif r.metrics and not r.metrics.get("reused"):
+                    ran.append(r.metrics)
+            self.tune_seconds = time.perf_counter() - tune_start
+        missing = [p for p in points if p.key not in finished_keys(client, exp_id, parent_id)]
+        self._summarise(client, parent_id, len(points), len(missing), ran, min(len(todo), parallel))
+        if missing:
+            client.set_terminated(parent_id, "FAILED" if status else "KILLED")
+            print(f"{len(missing)} trials did not finish; continue with:\n  {self._hint()}")
+            return status or 130
+        client.set_terminated(parent_id, "FINISHED")
+        return status
+
+    def _summarise(
+        self,
+        client: MlflowClient,
+        parent_id: str,
+        total: int,
+        missing: int,
+        ran: Sequence[Mapping[str, Any]],
+        parallel: int,
+    ) -> None:
+        """Print the tables and overhead; log the summary, figures and report on the parent."""
+        parent = client.get_run(parent_id)
+        df = results.runs_frame(client, parent)
+        summary: dict[str, float] = {}
+        if len(df):
+            text, summary = self.plan.summary(parent, df)
+            print()
+            print(text)
+        wall = time.perf_counter() - self.started
+        attack = sum(float(m.get("seconds", 0.0)) for m in ran)
+        ideal = attack / max(1, parallel)
+        overhead = wall / ideal - 1 if ideal > 0 else math.nan
+        tune_overhead = self.tune_seconds / ideal - 1 if ideal > 0 else math.nan
+        print(
+            f"\n{total - missing}/{total} trials finished. This run: {len(ran)} trials; their "
+            f"attacks took {attack:.0f} s, {ideal:.0f} s on {parallel} parallel slots. Wall time "
+            f"{wall:.0f} s (model training excluded, this summary included): overhead "
+            f"{overhead:+.1%}; Ray Tune loop {self.tune_seconds:.0f} s: overhead {tune_overhead:+.1%}"
+        )
+        values = {
+            "trials_finished": float(total - missing),
+            "sweep_seconds": wall,
+            "tune_seconds": self.tune_seconds,
+            "attack_seconds_sum": attack,
+            "parallel_slots": float(parallel),
+            "overhead": overhead,
+            "tune_overhead": tune_overhead,
+            **summary,
+        }
+        client.log_batch(parent_id, metrics=as_metrics(values))
+        if len(df):
+            self.plan.log_summary(client, parent, df)
+        print(f"\nBrowse the runs:\n  {ui_command(self.uri)}")
+        if self.plan.report_script:
+            print("Report:")
+            print(
+                f"  python sweeps/{self.plan.report_script}.py --tracking-uri {self.uri} "
+                f"--experiment {self.experiment}"
+            )
+
+    def _hint(self) -> str:
+        return _resume_hint(self.args, self.sweep, self.uri, self.experiment)

@@ -1,0 +1,241 @@
+"""MLflow for the sweeps: the tracking store, the experiment, parent and child runs.
+
+The tracking URI is made absolute (trials run in Ray's per-trial directories) and checked in
+seconds before anything runs; for a local SQLite store the check also creates and migrates
+the store in the driver alone (concurrent first writers race on the schema migration).
+
+One parent run per sweep holds the parameters, the resolved grid (``stadv_sweep.json``, what
+``--resume`` reads back) and the summary; each trial is a nested child run tagged with its
+``stadv.trial_key``, so a trial can find its own finished run and never run twice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import re
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy
+import ray
+import results  # sibling module: the MLflow -> DataFrame side and the report figures
+import torch
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from spec import Point, SweepError
+
+import stadv
+
+REPO = Path(__file__).resolve().parents[1]
+STATE_FILE = "stadv_sweep.json"
+TRIAL_KEY_TAG = results.TRIAL_KEY_TAG
+SWEEP_TAG = results.SWEEP_TAG
+PARENT_TAG = results.PARENT_TAG
+
+
+def resolve_tracking_uri(uri: str | None) -> str:
+    """The tracking URI with local paths made absolute (trials run in other directories)."""
+    uri = uri or os.environ.get("MLFLOW_TRACKING_URI") or "sqlite:///mlflow.db"
+    if uri.startswith("sqlite:///"):
+        path = uri[len("sqlite:///") :]
+        if not path.startswith("/"):
+            return "sqlite:///" + str(Path(path).resolve())
+        return uri
+    if "://" not in uri:
+        raise SweepError(
+            f"tracking URI {uri!r} is a plain path: MLflow >= 3.13 no longer accepts file "
+            f"stores; use sqlite:///{uri.rstrip('/')}.db or an http(s):// server"
+        )
+    return uri
+
+
+@contextmanager
+def _quick_http() -> Iterator[None]:
+    """No retries and a short timeout, so an unreachable server fails in seconds."""
+    saved = {
+        k: os.environ.get(k)
+        for k in ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "MLFLOW_HTTP_REQUEST_TIMEOUT")
+    }
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "5"
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def check_tracking(uri: str) -> None:
+    """Fail in seconds, naming the URI, when the tracking store does not answer.
+
+    For a local SQLite store this also creates and migrates it, in this one process, before
+    any trial writes to it (concurrent first writers race on the schema migration).
+    """
+    if uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///") :]).parent
+        if not folder.is_dir():
+            raise SweepError(f"tracking URI {uri} is unreachable: folder {folder} does not exist")
+    try:
+        with _quick_http():
+            MlflowClient(uri).search_experiments(max_results=1)
+    except Exception as err:  # any failure here means the store cannot be used; say which
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise SweepError(f"tracking URI {uri} is unreachable: {first[:300]}") from None
+
+
+def ui_command(uri: str) -> str:
+    if uri.startswith(("http://", "https://")):
+        return f"open {uri} in a browser (the tracking server's UI)"
+    return f"mlflow ui --backend-store-uri {uri}"
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    if out.returncode != 0:
+        return "unknown"
+    commit = out.stdout.strip()
+    dirty = subprocess.run(
+        ["git", "status", "--porcelain", "--untracked-files=no"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=10,
+    )
+    return commit + ("-dirty" if dirty.returncode == 0 and dirty.stdout.strip() else "")
+
+
+def versions() -> dict[str, str]:
+    return {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": numpy.__version__,
+        "stadv": stadv.__version__,
+        "ray": ray.__version__,
+        "mlflow": mlflow.__version__,
+    }
+
+
+def as_params(options: Mapping[str, Any], prefix: str = "") -> list[Param]:
+    return [Param(prefix + k, str(v)) for k, v in sorted(options.items())]
+
+
+def as_tags(tags: Mapping[str, Any]) -> list[RunTag]:
+    return [RunTag(k, str(v)) for k, v in tags.items()]
+
+
+def as_metrics(values: Mapping[str, Any]) -> list[Metric]:
+    """The real numbers among ``values`` as MLflow metrics (anything else is left out)."""
+    now = int(time.time() * 1000)
+    out = []
+    for k, v in values.items():
+        if isinstance(v, (int, float)) and not isinstance(v, bool):
+            out.append(Metric(k, float(v), now, 0))
+    return out
+
+
+def child_runs(
+    client: MlflowClient, experiment_id: str, parent_run_id: str, key: str | None = None
+) -> list[Any]:
+    """The parent's (non-deleted) child runs, all of them or those of one trial key."""
+    flt = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
+    if key is not None:
+        flt += f" and tags.`{TRIAL_KEY_TAG}` = '{key}'"
+    return results.search_all(client, experiment_id, flt)
+
+
+def finished_keys(client: MlflowClient, exp_id: str, parent_id: str) -> set[str]:
+    """Trial keys of the parent's FINISHED child runs."""
+    runs = child_runs(client, exp_id, parent_id)
+    return {r.data.tags.get(TRIAL_KEY_TAG, "") for r in runs if r.info.status == "FINISHED"}
+
+
+def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
+    """The experiment's id, creating it if needed.
+
+    With a SQLite store the artifacts go beside the database (``<db folder>/mlruns/<name>``);
+    MLflow's own default, ``./mlruns`` under whatever directory the driver runs in, would
+    scatter one sweep's files over every working directory it was started from.
+    """
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        if exp.lifecycle_stage == "deleted":
+            raise SweepError(
+                f"MLflow experiment {name!r} is deleted; restore it or pick another name"
+            )
+        return str(exp.experiment_id)
+    location = None
+    if uri.startswith("sqlite:///"):
+        slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
+        location = str(Path(uri[len("sqlite:///") :]).parent / "mlruns" / slug)
+    return str(client.create_experiment(name, artifact_location=location))
+
+
+def create_parent(
+    client: MlflowClient,
+    exp_id: str,
+    sweep: str,
+    spec_json: Mapping[str, Any],
+    points: Sequence[Point],
+    params: Mapping[str, Any],
+) -> Any:
+    """The sweep's parent run, with ``params`` (and the trial count) as parameters and the
+    whole resolved grid as ``stadv_sweep.json`` (what ``--resume`` reads back)."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    run = client.create_run(
+        exp_id,
+        run_name=f"{sweep}-{stamp}",
+        tags={
+            results.ROLE_TAG: "parent",
+            SWEEP_TAG: sweep,
+            "mlflow.source.name": f"sweeps/{sweep}.py",
+            "mlflow.source.git.commit": git_commit(),
+            "git_commit": git_commit(),
+            "hostname": socket.gethostname(),
+            **{f"version.{k}": v for k, v in versions().items()},
+        },
+    )
+    client.log_batch(run.info.run_id, params=as_params({**params, "trials": len(points)}))
+    with tempfile.TemporaryDirectory() as tmp:
+        state = {"spec": dict(spec_json), "points": [dataclasses.asdict(p) for p in points]}
+        (Path(tmp) / STATE_FILE).write_text(json.dumps(state, indent=1))
+        client.log_artifact(run.info.run_id, str(Path(tmp) / STATE_FILE))
+    return client.get_run(run.info.run_id)
+
+
+def find_resumable(
+    client: MlflowClient, exp_id: str, sweep: str
+) -> tuple[Any, dict[str, Any]] | None:
+    """The latest sweep of this kind in the experiment and its saved spec (as JSON); None if
+    it finished.
+
+    Raises ``SweepError`` when there is no sweep to resume at all.
+    """
+    try:
+        parent = results.find_parent(client, exp_id, sweep=sweep)
+    except results.ResultsError:
+        name = client.get_experiment(exp_id).name
+        raise SweepError(f"nothing to resume: experiment {name!r} holds no {sweep} sweep") from None
+    if parent.info.status == "FINISHED":
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(parent.info.run_id, STATE_FILE, tmp)
+        state = json.loads(Path(path).read_text())
+    return parent, dict(state["spec"])
