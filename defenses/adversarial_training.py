@@ -22,6 +22,7 @@ graph; the losses themselves are evaluated in the caller's (training) mode.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -75,10 +76,46 @@ def _mix(
     return (1.0 - weight) * F.cross_entropy(model(images), labels) + weight * adv_loss
 
 
+class _FGSMSettings(Protocol):
+    @property
+    def epsilon(self) -> float: ...
+    @property
+    def adv_weight(self) -> float: ...
+    @property
+    def use_predictions(self) -> bool: ...
+    @property
+    def bounds(self) -> tuple[float, float]: ...
+
+
+def _fgsm_loss(
+    settings: _FGSMSettings,
+    source: nn.Module,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+) -> torch.Tensor:
+    """The FGSM-family loss: examples crafted on ``source``, mixed on ``model`` (``_mix``)."""
+    adv = fgsm_examples(
+        source,
+        images,
+        epsilon=settings.epsilon,
+        labels=None if settings.use_predictions else labels,
+        bounds=settings.bounds,
+    )
+    return _mix(model, images, adv, labels, settings.adv_weight)
+
+
 def _check_weight(adv_weight: float) -> None:
     check_real("adv_weight", adv_weight)
     if adv_weight > 1:
         raise ValueError(f"adv_weight must lie in [0, 1], got {adv_weight!r}")
+
+
+def _check_fgsm_settings(settings: _FGSMSettings) -> None:
+    """Checks epsilon, adv_weight and bounds (normalised in place on the frozen dataclass)."""
+    check_real("epsilon", settings.epsilon)
+    _check_weight(settings.adv_weight)
+    object.__setattr__(settings, "bounds", check_bounds(settings.bounds))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -103,21 +140,12 @@ class FGSMAdversarialLoss:
     bounds: tuple[float, float] = (0.0, 1.0)
 
     def __post_init__(self) -> None:
-        check_real("epsilon", self.epsilon)
-        _check_weight(self.adv_weight)
-        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+        _check_fgsm_settings(self)
 
     def __call__(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
     ) -> torch.Tensor:
-        adv = fgsm_examples(
-            model,
-            images,
-            epsilon=self.epsilon,
-            labels=None if self.use_predictions else labels,
-            bounds=self.bounds,
-        )
-        return _mix(model, images, adv, labels, self.adv_weight)
+        return _fgsm_loss(self, model, model, images, labels)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -148,9 +176,7 @@ class EnsembleAdversarialLoss:
                 f"got {self.static_models!r}"
             )
         object.__setattr__(self, "static_models", models)
-        check_real("epsilon", self.epsilon)
-        _check_weight(self.adv_weight)
-        object.__setattr__(self, "bounds", check_bounds(self.bounds))
+        _check_fgsm_settings(self)
 
     def __call__(
         self, model: nn.Module, images: torch.Tensor, labels: torch.Tensor
@@ -159,14 +185,7 @@ class EnsembleAdversarialLoss:
         source = (
             model if source_index == 0 else self.static_models[source_index - 1].to(images.device)
         )
-        adv = fgsm_examples(
-            source,
-            images,
-            epsilon=self.epsilon,
-            labels=None if self.use_predictions else labels,
-            bounds=self.bounds,
-        )
-        return _mix(model, images, adv, labels, self.adv_weight)
+        return _fgsm_loss(self, source, model, images, labels)
 
 
 @dataclass(frozen=True, kw_only=True)

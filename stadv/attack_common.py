@@ -5,20 +5,29 @@
 * :func:`margin_loss`: the Carlini-Wagner margin on logits Z, per sample.
 * :func:`finalize_result`: builds an :class:`~stadv.result.AttackResult` from adversarial
   images, always from the model's own prediction on them.
-* small validators for hyper-parameters (``ValueError`` naming the bad value).
+* :class:`PixelAttack`: base of the pixel-space attacks, whose ``__call__`` runs
+  :func:`attack_batch` (timer, input checks, :func:`prepared_model`,
+  :func:`~stadv.sanity.check_model`, :func:`~stadv.targets.expand_targets`) and hands the
+  resulting :class:`AttackBatch` to the attack; :meth:`AttackBatch.finish` builds the result.
+* small validators for hyper-parameters (``ValueError`` naming the bad value), and
+  :func:`check_attack_fields` for the fields every pixel-space attack shares.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
 from stadv.result import AttackResult
+from stadv.sanity import check_model
+from stadv.targets import TargetSpec, expand_targets
 
 
 @contextmanager
@@ -154,6 +163,115 @@ def finalize_result(
     )
 
 
+@dataclass(frozen=True)
+class AttackBatch:
+    """One attack call's prepared batch, as :func:`attack_batch` yields it.
+
+    ``net`` is the model in attack mode; ``images``, ``labels``, ``targets`` and
+    ``source_index`` are one row per attack (:func:`stadv.targets.expand_targets`); ``start`` is
+    the call's :func:`time.perf_counter` at entry.
+    """
+
+    net: nn.Module
+    images: torch.Tensor
+    labels: torch.Tensor
+    targets: torch.Tensor | None
+    source_index: torch.Tensor
+    start: float
+
+    def finish(
+        self,
+        adv_images: torch.Tensor,
+        *,
+        iterations: int | torch.Tensor,
+        evaluations: int | torch.Tensor,
+        stop_reason: str | Sequence[str],
+        extra: dict[str, Any],
+    ) -> AttackResult:
+        """:func:`finalize_result` of ``adv_images`` for this batch, timed from ``start``."""
+        return finalize_result(
+            self.net,
+            adv_images=adv_images,
+            images=self.images,
+            labels=self.labels,
+            targets=self.targets,
+            source_index=self.source_index,
+            iterations=iterations,
+            evaluations=evaluations,
+            stop_reason=stop_reason,
+            seconds=time.perf_counter() - self.start,
+            extra=extra,
+        )
+
+
+@contextmanager
+def attack_batch(
+    attack: PixelAttack,
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    targets: TargetSpec,
+) -> Iterator[AttackBatch]:
+    """The shared start of a pixel-space attack's call, as a context manager.
+
+    Starts the timer, validates the inputs against ``attack.bounds`` (:func:`check_inputs`),
+    detaches them, enters :func:`prepared_model` (restored on exit), warns about a suspicious
+    model on the first 8 images when ``attack.check`` (:func:`stadv.sanity.check_model`), and
+    expands the targets (:func:`stadv.targets.expand_targets` with ``attack.num_classes`` and
+    ``attack.seed``, 0 where it is None).
+
+    Example::
+
+        >>> with attack_batch(self, model, images, labels, targets) as batch:
+        ...     adv = step(batch.net, batch.images, batch.labels, batch.targets)
+        ...     result = batch.finish(adv, iterations=1, evaluations=1,
+        ...                           stop_reason="single_step", extra={})
+    """
+    start = time.perf_counter()
+    check_inputs(images, labels, attack.bounds)
+    x0 = images.detach()
+    y0 = labels.detach().to(images.device)
+    with prepared_model(model) as net:
+        if attack.check and x0.shape[0]:
+            check_model(net, x0[:8])
+        seed = 0 if attack.seed is None else attack.seed
+        x, y, t, src = expand_targets(
+            net, x0, y0, targets, num_classes=attack.num_classes, seed=seed
+        )
+        yield AttackBatch(net, x, y, t, src, start)
+
+
+class PixelAttack:
+    """Base of the pixel-space attacks (FGSM, PGD, C&W): their shared ``__call__``.
+
+    A subclass is a frozen dataclass with the fields ``bounds``, ``num_classes``, ``seed`` (an
+    int, or None where the attack allows it; the target protocols then use 0) and ``check``,
+    and implements :meth:`_attack`.
+
+    Call: ``attack(model, images, labels, targets=None) -> AttackResult``: runs
+    :func:`attack_batch` and, inside it (model in attack mode), returns ``_attack(batch)``.
+    """
+
+    bounds: tuple[float, float]
+    num_classes: int
+    seed: int | None
+    check: bool
+
+    def __call__(
+        self,
+        model: nn.Module,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        targets: TargetSpec = None,
+    ) -> AttackResult:
+        with attack_batch(self, model, images, labels, targets) as batch:
+            return self._attack(batch)
+
+    def _attack(self, batch: AttackBatch) -> AttackResult:
+        """The attack proper on the prepared ``batch``; returns ``batch.finish(...)``."""
+        raise NotImplementedError
+
+
 # -- validators --------------------------------------------------------------------------
 
 
@@ -185,6 +303,16 @@ def check_bounds(bounds: object) -> tuple[float, float]:
     if not lo < hi:
         raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
     return float(lo), float(hi)
+
+
+def check_attack_fields(attack: PixelAttack) -> None:
+    """Checks the fields every pixel-space attack has: ``bounds`` (normalised in place on the
+    frozen dataclass, :func:`check_bounds`), ``num_classes`` (>= 2) and ``seed`` (>= 0, or
+    None where the attack allows it)."""
+    object.__setattr__(attack, "bounds", check_bounds(attack.bounds))
+    check_int("num_classes", attack.num_classes, low=2)
+    if attack.seed is not None:
+        check_int("seed", attack.seed, low=0)
 
 
 def check_inputs(images: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float]) -> None:

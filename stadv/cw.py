@@ -24,24 +24,20 @@ original x rather than to ``tanh(arctanh(x * 0.999999))``.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
 
 from stadv.attack_common import (
-    check_bounds,
-    check_inputs,
+    AttackBatch,
+    PixelAttack,
+    check_attack_fields,
     check_int,
     check_real,
-    finalize_result,
     margin_loss,
-    prepared_model,
 )
 from stadv.result import AttackResult
-from stadv.sanity import check_model
-from stadv.targets import TargetSpec, expand_targets
 
 _BETA1 = 0.9
 _BETA2 = 0.999
@@ -51,7 +47,7 @@ _NO_UPPER = 1e10
 
 
 @dataclass(frozen=True, kw_only=True)
-class CarliniWagnerL2:
+class CarliniWagnerL2(PixelAttack):
     """Carlini & Wagner's L2 attack on logits. Hyper-parameters only (keyword-only).
 
     Args (defaults in brackets; the reference code's):
@@ -95,41 +91,18 @@ class CarliniWagnerL2:
         check_real("learning_rate", self.learning_rate, strict=True)
         if not isinstance(self.abort_early, bool):
             raise ValueError(f"abort_early must be True or False, got {self.abort_early!r}")
-        object.__setattr__(self, "bounds", check_bounds(self.bounds))
-        check_int("num_classes", self.num_classes, low=2)
-        check_int("seed", self.seed, low=0)
+        check_attack_fields(self)
 
-    def __call__(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        targets: TargetSpec = None,
-    ) -> AttackResult:
-        start = time.perf_counter()
-        check_inputs(images, labels, self.bounds)
-        x0 = images.detach()
-        y0 = labels.detach().to(images.device)
-        with prepared_model(model) as net:
-            if self.check and x0.shape[0]:
-                check_model(net, x0[:8])
-            x, y, t, src = expand_targets(
-                net, x0, y0, targets, num_classes=self.num_classes, seed=self.seed
-            )
-            adv, steps, const = self._search(net, x, y, t)
-            return finalize_result(
-                net,
-                adv_images=adv,
-                images=x,
-                labels=y,
-                targets=t,
-                source_index=src,
-                iterations=steps,
-                evaluations=steps,
-                stop_reason="binary_search_steps",
-                seconds=time.perf_counter() - start,
-                extra={"attack": "cw-l2", "params": asdict(self), "const": const.cpu()},
-            )
+    def _attack(self, batch: AttackBatch) -> AttackResult:
+        net, x, y, t = batch.net, batch.images, batch.labels, batch.targets
+        adv, steps, const = self._search(net, x, y, t)
+        return batch.finish(
+            adv,
+            iterations=steps,
+            evaluations=steps,
+            stop_reason="binary_search_steps",
+            extra={"attack": "cw-l2", "params": asdict(self), "const": const.cpu()},
+        )
 
     def _search(
         self, net: nn.Module, x: torch.Tensor, y: torch.Tensor, t: torch.Tensor | None

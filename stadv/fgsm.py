@@ -10,29 +10,21 @@ with J the cross-entropy of the model's logits and ``clip`` to ``bounds`` ([0, 1
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
-import torch
-from torch import nn
-
 from stadv.attack_common import (
-    check_bounds,
-    check_inputs,
-    check_int,
+    AttackBatch,
+    PixelAttack,
+    check_attack_fields,
     check_real,
     count_zero_gradients,
-    finalize_result,
     loss_ascent_gradient,
-    prepared_model,
 )
 from stadv.result import AttackResult
-from stadv.sanity import check_model
-from stadv.targets import TargetSpec, expand_targets
 
 
 @dataclass(frozen=True, kw_only=True)
-class FGSM:
+class FGSM(PixelAttack):
     """Fast gradient sign method, L-inf (Goodfellow et al. 2015). Hyper-parameters only.
 
     Args (keyword-only; defaults in brackets):
@@ -63,43 +55,19 @@ class FGSM:
 
     def __post_init__(self) -> None:
         check_real("epsilon", self.epsilon)
-        object.__setattr__(self, "bounds", check_bounds(self.bounds))
-        check_int("num_classes", self.num_classes, low=2)
-        check_int("seed", self.seed, low=0)
+        check_attack_fields(self)
 
-    def __call__(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        targets: TargetSpec = None,
-    ) -> AttackResult:
-        start = time.perf_counter()
-        check_inputs(images, labels, self.bounds)
-        x0 = images.detach()
-        y0 = labels.detach().to(images.device)
-        with prepared_model(model) as net:
-            if self.check and x0.shape[0]:
-                check_model(net, x0[:8])
-            x, y, t, src = expand_targets(
-                net, x0, y0, targets, num_classes=self.num_classes, seed=self.seed
-            )
-            grad = loss_ascent_gradient(net, x, y, t)
-            adv = (x + self.epsilon * grad.sign()).clamp(*self.bounds)
-            return finalize_result(
-                net,
-                adv_images=adv,
-                images=x,
-                labels=y,
-                targets=t,
-                source_index=src,
-                iterations=1,
-                evaluations=1,
-                stop_reason="single_step",
-                seconds=time.perf_counter() - start,
-                extra={
-                    "attack": "fgsm",
-                    "params": asdict(self),
-                    "zero_gradients": count_zero_gradients(grad),
-                },
-            )
+    def _attack(self, batch: AttackBatch) -> AttackResult:
+        grad = loss_ascent_gradient(batch.net, batch.images, batch.labels, batch.targets)
+        adv = (batch.images + self.epsilon * grad.sign()).clamp(*self.bounds)
+        return batch.finish(
+            adv,
+            iterations=1,
+            evaluations=1,
+            stop_reason="single_step",
+            extra={
+                "attack": "fgsm",
+                "params": asdict(self),
+                "zero_gradients": count_zero_gradients(grad),
+            },
+        )

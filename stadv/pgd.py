@@ -13,29 +13,24 @@ iterate is returned, as in their code.
 
 from __future__ import annotations
 
-import time
 from dataclasses import asdict, dataclass
 
 import torch
-from torch import nn
 
 from stadv.attack_common import (
-    check_bounds,
-    check_inputs,
+    AttackBatch,
+    PixelAttack,
+    check_attack_fields,
     check_int,
     check_real,
     count_zero_gradients,
-    finalize_result,
     loss_ascent_gradient,
-    prepared_model,
 )
 from stadv.result import AttackResult
-from stadv.sanity import check_model
-from stadv.targets import TargetSpec, expand_targets
 
 
 @dataclass(frozen=True, kw_only=True)
-class PGD:
+class PGD(PixelAttack):
     """Projected gradient descent on the L-inf ball (Madry et al. 2018). Hyper-parameters only.
 
     Args (keyword-only; defaults in brackets):
@@ -75,10 +70,7 @@ class PGD:
         check_int("steps", self.steps, low=1)
         if not isinstance(self.random_start, bool):
             raise ValueError(f"random_start must be True or False, got {self.random_start!r}")
-        if self.seed is not None:
-            check_int("seed", self.seed, low=0)
-        object.__setattr__(self, "bounds", check_bounds(self.bounds))
-        check_int("num_classes", self.num_classes, low=2)
+        check_attack_fields(self)
 
     def _start(self, x: torch.Tensor) -> torch.Tensor:
         if not self.random_start or self.epsilon == 0:
@@ -90,43 +82,21 @@ class PGD:
             noise = torch.rand(x.shape, generator=gen, dtype=x.dtype).to(x.device)
         return (x + (2 * noise - 1) * self.epsilon).clamp(*self.bounds)
 
-    def __call__(
-        self,
-        model: nn.Module,
-        images: torch.Tensor,
-        labels: torch.Tensor,
-        targets: TargetSpec = None,
-    ) -> AttackResult:
-        start = time.perf_counter()
-        check_inputs(images, labels, self.bounds)
-        x0 = images.detach()
-        y0 = labels.detach().to(images.device)
-        with prepared_model(model) as net:
-            if self.check and x0.shape[0]:
-                check_model(net, x0[:8])
-            seed = 0 if self.seed is None else self.seed
-            x, y, t, src = expand_targets(
-                net, x0, y0, targets, num_classes=self.num_classes, seed=seed
-            )
-            low, high = x - self.epsilon, x + self.epsilon
-            adv = self._start(x)
-            zero = 0
-            for step in range(self.steps):
-                grad = loss_ascent_gradient(net, adv, y, t)
-                if step == 0:
-                    zero = count_zero_gradients(grad)
-                adv = torch.minimum(torch.maximum(adv + self.alpha * grad.sign(), low), high)
-                adv = adv.clamp(*self.bounds)
-            return finalize_result(
-                net,
-                adv_images=adv,
-                images=x,
-                labels=y,
-                targets=t,
-                source_index=src,
-                iterations=self.steps,
-                evaluations=self.steps,
-                stop_reason="max_iterations",
-                seconds=time.perf_counter() - start,
-                extra={"attack": "pgd", "params": asdict(self), "zero_gradients": zero},
-            )
+    def _attack(self, batch: AttackBatch) -> AttackResult:
+        net, x, y, t = batch.net, batch.images, batch.labels, batch.targets
+        low, high = x - self.epsilon, x + self.epsilon
+        adv = self._start(x)
+        zero = 0
+        for step in range(self.steps):
+            grad = loss_ascent_gradient(net, adv, y, t)
+            if step == 0:
+                zero = count_zero_gradients(grad)
+            adv = torch.minimum(torch.maximum(adv + self.alpha * grad.sign(), low), high)
+            adv = adv.clamp(*self.bounds)
+        return batch.finish(
+            adv,
+            iterations=self.steps,
+            evaluations=self.steps,
+            stop_reason="max_iterations",
+            extra={"attack": "pgd", "params": asdict(self), "zero_gradients": zero},
+        )

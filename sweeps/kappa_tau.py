@@ -8,7 +8,7 @@ paper's setting (tau = 0.05, kappa = 0, zero flow, SciPy's pgtol = 1e-5):
 * Gaussian initial flow (std 0.01) at tau = 0.05 and 5e-4;
 * pgtol 1e-7 and 1e-10 at the paper's setting;
 
-14 trials per model, 42 in all, each attacking the first 6 test images towards all 9 other
+14 trials per model, 42 in all, each attacking the first 30 test images towards all 9 other
 classes (``--n-images`` and ``--preset paper`` scale that up).
 
     python sweeps/kappa_tau.py                        # embedded Ray, ./mlflow.db
@@ -29,7 +29,7 @@ DEFAULTS = SweepDefaults(
     default=SweepSpec(
         sweep="kappa_tau",
         models=("A", "B", "C"),
-        n_images=6,
+        n_images=30,
         targets="all",
         grid=(
             {"kappa": [0.0, 0.5], "tau": [0.05, 5e-3, 5e-4, 1e-4, 0.0]},
