@@ -104,6 +104,16 @@ class StAdv:
             with the lowest L_flow, as Carlini & Wagner do; ``"last"``: the solver's final
             iterate (what the failed reproductions returned). Where no iterate succeeded, both
             return the final iterate.
+        success_margin: an evaluated iterate counts as successful (for ``keep="best"`` and
+            ``stop="first-success"``) only when its logit margin ``max_{i!=t} Z_i - Z_t`` is
+            <= -success_margin [0.0: the argmax test, ties included, as Carlini & Wagner's
+            ``compare``]. With kappa = 0 the solver ends on the decision boundary: measured on
+            Model B (200 random targets), 184 of 196 successes had margins in [-1e-4, 0], 19
+            exactly 0, and judged one image at a time instead of in the batch (float32 noise
+            between batch sizes) success fell from 98.0 % to 79.5 %. A small positive value
+            (e.g. 1e-3) returns adversarial images that stay adversarial; kappa still shapes
+            the loss, this only the acceptance (and the result's ``success``: prediction == target
+            and margin <= -success_margin). >= 0.
         stop: ``"converged"`` [default]: run the solver to its stopping rule (minimises
             L_flow, the paper's objective); ``"first-success"``: stop each attack at its first
             successful iterate (less work, larger L_flow).
@@ -133,6 +143,7 @@ class StAdv:
     max_linesearch: int = 20
     lr: float = 0.01
     keep: Keep = "best"
+    success_margin: float = 0.0
     stop: Stop = "converged"
     flow_loss: str = "eq5"
     neighbours: str = "4"
@@ -150,7 +161,7 @@ class StAdv:
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
             object.__setattr__(self, name, check_choice(name, getattr(self, name), allowed))
-        for name in ("tau", "kappa", "pgtol", "factr", "flow_eps", "lr"):
+        for name in ("tau", "kappa", "success_margin", "pgtol", "factr", "flow_eps", "lr"):
             value = getattr(self, name)
             if (
                 not isinstance(value, (int, float))
@@ -255,6 +266,7 @@ class StAdv:
                 flows=flow_all.detach(),
                 flow_loss=lflow.detach(),
                 extra={"attack": "stadv", "params": self.to_dict()},
+                success_margin=self.success_margin,
             )
 
     def _flow_loss(self, flow: torch.Tensor) -> torch.Tensor:
@@ -317,6 +329,9 @@ class StAdv:
             with torch.no_grad():
                 pred = logits.argmax(dim=1)
                 ok = pred == t[idx] if t is not None else pred != y[idx]
+                if self.success_margin > 0:
+                    logit_margin = margin_loss(logits, y[idx], None if t is None else t[idx])
+                    ok &= logit_margin <= -self.success_margin
                 better = ok & (l_flow < best_loss[idx])
                 if bool(better.any()):
                     sel = idx[better]

@@ -100,6 +100,7 @@ def finalize_result(
     flow_loss: torch.Tensor | None = None,
     extra: dict[str, Any] | None = None,
     batch_size: int = 1024,
+    success_margin: float = 0.0,
 ) -> AttackResult:
     """The :class:`~stadv.result.AttackResult` of ``adv_images``, judged by ``model`` itself.
 
@@ -118,6 +119,8 @@ def finalize_result(
         flows, flow_loss: stAdv's flow fields and L_flow (None for pixel attacks).
         extra: free-form details (attack name, hyper-parameters).
         batch_size: forward-pass chunk size [1024]; does not change the result.
+        success_margin: when > 0, a success also needs the margin (:func:`margin_loss`)
+            <= -success_margin [0.0: the prediction alone].
     """
     m = adv_images.shape[0]
     if images.shape != adv_images.shape:
@@ -136,6 +139,9 @@ def finalize_result(
     t = None if targets is None else targets.to(device=device, dtype=torch.int64)
     pred = logits.argmax(dim=1)
     success = pred == t if t is not None else pred != y
+    margin = margin_loss(logits, y, t) if m else adv.new_zeros(0)
+    if success_margin > 0:
+        success = success & (margin <= -success_margin)
     diff = (adv - images.detach().to(device)).flatten(1)
     if isinstance(stop_reason, str):
         reasons: tuple[str, ...] = (stop_reason,) * m
@@ -152,7 +158,7 @@ def finalize_result(
         source_index=source_index.to(device=device, dtype=torch.int64),
         iterations=_per_sample(iterations, m, device),
         evaluations=_per_sample(evaluations, m, device),
-        margin=margin_loss(logits, y, t) if m else adv.new_zeros(0),
+        margin=margin,
         l2=diff.norm(p=2, dim=1) if m else adv.new_zeros(0),
         linf=diff.abs().amax(dim=1) if m else adv.new_zeros(0),
         seconds=float(seconds),

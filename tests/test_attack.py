@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 
 import pytest
@@ -64,34 +65,29 @@ def test_batch_equals_one_by_one(tiny_model_b: torch.nn.Module, batch, solver: s
     # kappa > 0 puts the optimum at margin -kappa, away from the decision boundary: at kappa = 0
     # attacks end at margins of +-1e-7, where float rounding that depends on the batch size
     # decides the arg-max, so the success mask there is not a batch-independent quantity.
-    # The model's float32 logits differ by ~1e-8 with the batch composition (BLAS blocking) and
-    # the non-smooth objective can amplify that into another line-search outcome, so: success
-    # must agree for every attack, flows and objective values for at least 90 % of them.
+    # In float32 the model's logits change by ~1e-6 with the batch size (oneDNN picks other
+    # kernels for small batches) and the non-smooth objective amplifies that into other flows
+    # (measured: up to 2 px after 40 iterations, batch 5 vs 27) with the same success. In
+    # float64 that noise is ~1e-16 and every flow must agree; in float32 the success mask must.
     x, y = batch[0][:3], batch[1][:3]
     attack = StAdv(solver=solver, kappa=0.5, **FAST)
-    together = attack(tiny_model_b, x, y, targets="all")
-    alone = [attack(tiny_model_b, x[i : i + 1], y[i : i + 1], targets="all") for i in range(len(y))]
-    chunked = StAdv(solver=solver, kappa=0.5, batch_size=5, **FAST)(
-        tiny_model_b, x, y, targets="all"
-    )
+    chunked_attack = StAdv(solver=solver, kappa=0.5, batch_size=5, **FAST)
     objective = lambda r: r.margin.clamp(min=-0.5) + 0.05 * r.flow_loss  # noqa: E731
-    for other_flows, other_success, other_obj in (
-        (
-            torch.cat([r.flows for r in alone]),
-            torch.cat([r.success for r in alone]),
-            torch.cat([objective(r) for r in alone]),
-        ),
-        (chunked.flows, chunked.success, objective(chunked)),
-    ):
-        assert torch.equal(together.success, other_success)
-        close = (
-            (together.flows - other_flows).abs().flatten(1)
-            <= 1e-3 + 1e-3 * other_flows.abs().flatten(1)
-        ).all(1)
-        assert close.float().mean() >= 0.9
-        same_obj = (objective(together) - other_obj).abs() <= 1e-3 + 1e-3 * other_obj.abs()
-        assert same_obj.float().mean() >= 0.9
-    assert together.success.float().mean() > 0.5
+    for dtype in (torch.float64, torch.float32):
+        model = copy.deepcopy(tiny_model_b).to(dtype)
+        xd = x.to(dtype)
+        together = attack(model, xd, y, targets="all")
+        alone = [attack(model, xd[i : i + 1], y[i : i + 1], targets="all") for i in range(len(y))]
+        chunked = chunked_attack(model, xd, y, targets="all")
+        assert together.success.float().mean() > 0.5
+        for other in (alone, [chunked]):
+            assert torch.equal(together.success, torch.cat([r.success for r in other]))
+            if dtype != torch.float64:
+                continue
+            flows = torch.cat([r.flows for r in other])
+            assert torch.allclose(together.flows, flows, rtol=1e-4, atol=1e-4)
+            other_obj = torch.cat([objective(r) for r in other])
+            assert torch.allclose(objective(together), other_obj, rtol=1e-6, atol=1e-6)
 
 
 def test_zero_iterations_returns_the_initial_flow(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
@@ -118,6 +114,24 @@ def test_keep_best_never_worse_than_last(tiny_model_b: torch.nn.Module, batch) -
     assert best.success.sum() >= last.success.sum()
     both = best.success & last.success
     assert (best.flow_loss[both] <= last.flow_loss[both] + 1e-4).all()
+
+
+def test_success_margin_keeps_only_clear_successes(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
+    """With success_margin, every success the attack reports has the target ahead by that much,
+    so it survives re-judging one image at a time (float noise between batch sizes)."""
+    x, y = batch
+    delta = 1e-2
+    plain = StAdv(**FAST)(tiny_model_b, x, y, targets="all")
+    clear = StAdv(success_margin=delta, **FAST)(tiny_model_b, x, y, targets="all")
+    assert int(clear.success.sum()) > 0
+    assert (clear.margin[clear.success] <= -delta).all()
+    assert torch.equal(clear.predictions[clear.success], clear.targets[clear.success])
+    # plain kappa = 0 ends on the boundary: its successes sit closer to it
+    assert float(plain.margin[plain.success].max()) > -delta
+    alone = torch.cat(
+        [predict(tiny_model_b, clear.adv_images[i : i + 1]) for i in range(len(clear))]
+    )
+    assert torch.equal(alone[clear.success], clear.targets[clear.success])
 
 
 def test_first_success_stops_early(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
@@ -186,6 +200,7 @@ def test_random_init_is_seeded(tiny_model_b: torch.nn.Module, batch) -> None:  #
         ({"init": "ones"}, "unknown init 'ones'"),
         ({"solver": "newton"}, "unknown solver 'newton'"),
         ({"keep": "first"}, "unknown keep 'first'"),
+        ({"success_margin": -0.1}, "success_margin must be a finite number >= 0, got -0.1"),
         ({"flow_loss": "eq3"}, "unknown flow_loss 'eq3'"),
         ({"max_iterations": -1}, "max_iterations must be an integer >= 0"),
         ({"history": 0}, "history must be an integer >= 1"),
