@@ -105,15 +105,16 @@ class StAdv:
             iterate (what the failed reproductions returned). Where no iterate succeeded, both
             return the final iterate.
         success_margin: an evaluated iterate counts as successful (for ``keep="best"`` and
-            ``stop="first-success"``) only when its logit margin ``max_{i!=t} Z_i - Z_t`` is
-            <= -success_margin [0.0: the argmax test, ties included, as Carlini & Wagner's
-            ``compare``]. With kappa = 0 the solver ends on the decision boundary: measured on
-            Model B (200 random targets), 184 of 196 successes had margins in [-1e-4, 0], 19
-            exactly 0, and judged one image at a time instead of in the batch (float32 noise
-            between batch sizes) success fell from 98.0 % to 79.5 %. A small positive value
-            (e.g. 1e-3) returns adversarial images that stay adversarial; kappa still shapes
-            the loss, this only the acceptance (and the result's ``success``: prediction == target
-            and margin <= -success_margin). >= 0.
+            ``stop="first-success"``), and a returned image as a success, only when its logit
+            margin ``max_{i!=t} Z_i - Z_t`` (untargeted: ``Z_y - max_{i!=y} Z_i``) is
+            <= -success_margin [1e-3]. 0 is the bare argmax test (ties included, as Carlini &
+            Wagner's ``compare``). Why: with kappa = 0 the solver ends on the decision
+            boundary. Measured on Model B, first 100 test images x 9 targets, tau 0.05,
+            kappa 0: with 0, 833 of the 886 successes had margins in (-1e-4, 0], 77 exactly 0
+            (ties won by the lower class index), and judged one image at a time instead of in
+            the batch (float32 noise between batch sizes) success fell from 98.4 % to 84.7 %;
+            with 1e-3, 98.6 % both ways at the same mean L_flow (17.77 vs 17.74). kappa still
+            shapes the loss; this is only the acceptance test. >= 0.
         stop: ``"converged"`` [default]: run the solver to its stopping rule (minimises
             L_flow, the paper's objective); ``"first-success"``: stop each attack at its first
             successful iterate (less work, larger L_flow).
@@ -143,7 +144,7 @@ class StAdv:
     max_linesearch: int = 20
     lr: float = 0.01
     keep: Keep = "best"
-    success_margin: float = 0.0
+    success_margin: float = 1e-3
     stop: Stop = "converged"
     flow_loss: str = "eq5"
     neighbours: str = "4"

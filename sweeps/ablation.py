@@ -9,8 +9,8 @@ iterate kept, logits fed to the loss), one choice at a time is changed to what a
 * neighbourhood: the 4 diagonal neighbours (the TensorFlow reference) or all 8;
 * flow units: [-1, 1] grid coordinates instead of pixels;
 * ``keep``: the solver's last iterate instead of the best successful one;
-* ``success_margin``: 1e-3, an iterate kept as successful only with the target ahead by 1e-3
-  in logits (kappa = 0 ends on the decision boundary, where float noise decides the class);
+* ``success_margin``: 0 (the bare argmax test) instead of 1e-3: kappa = 0 ends on the decision
+  boundary, where float noise between batch sizes decides the class;
 * padding: zeros instead of the border;
 * solver: SciPy's L-BFGS-B, or Adam;
 * loss input: softmax probabilities instead of logits.
@@ -46,7 +46,7 @@ DEFAULTS = SweepDefaults(
             {"neighbours": ["diagonal", "8"]},
             {"units": ["grid"]},
             {"keep": ["last"]},
-            {"success_margin": [1e-3]},
+            {"success_margin": [0.0]},
             {"padding": ["zeros"]},
             {"solver": ["scipy", "adam"]},
             {"loss_input": ["softmax"]},

@@ -121,7 +121,7 @@ def test_success_margin_keeps_only_clear_successes(tiny_model_b: torch.nn.Module
     so it survives re-judging one image at a time (float noise between batch sizes)."""
     x, y = batch
     delta = 1e-2
-    plain = StAdv(**FAST)(tiny_model_b, x, y, targets="all")
+    plain = StAdv(success_margin=0.0, **FAST)(tiny_model_b, x, y, targets="all")
     clear = StAdv(success_margin=delta, **FAST)(tiny_model_b, x, y, targets="all")
     assert int(clear.success.sum()) > 0
     assert (clear.margin[clear.success] <= -delta).all()
