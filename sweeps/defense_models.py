@@ -145,7 +145,9 @@ class DefendedModels:
         static = self.static_names(name)
         expected_params: dict[str, Any] = {"epsilon": s.epsilon}
         if defense == "pgd":
-            expected_params.update(steps=s.pgd_steps, alpha=s.pgd_alpha)
+            expected_params.update(
+                steps=s.pgd_steps, alpha=s.pgd_alpha, adv_weight=s.pgd_adv_weight
+            )
         if defense == "ensemble":
             expected_params["static_models"] = static
 
@@ -154,7 +156,12 @@ class DefendedModels:
             if defense == "fgsm":
                 loss = FGSMAdversarialLoss(epsilon=s.epsilon)
             elif defense == "pgd":
-                loss = PGDAdversarialLoss(epsilon=s.epsilon, alpha=s.pgd_alpha, steps=s.pgd_steps)
+                loss = PGDAdversarialLoss(
+                    epsilon=s.epsilon,
+                    alpha=s.pgd_alpha,
+                    steps=s.pgd_steps,
+                    adv_weight=s.pgd_adv_weight,
+                )
             else:
                 models = tuple(self.undefended(m)[0] for m in static)
                 loss = EnsembleAdversarialLoss(static_models=models, epsilon=s.epsilon)

@@ -51,6 +51,7 @@ SETTING_OPTIONS: dict[str, tuple[str, Any, str]] = {
     "--adv-epsilon": ("epsilon", float, "L-inf budget of the training attacks"),
     "--pgd-steps": ("pgd_steps", int, "PGD training steps"),
     "--pgd-alpha": ("pgd_alpha", float, "PGD training step size"),
+    "--pgd-adv-weight": ("pgd_adv_weight", float, "PGD training: share of the adversarial loss"),
     "--denoiser-epochs": ("denoiser_epochs", int, "denoiser training epochs"),
     "--denoiser-train-limit": ("denoiser_train_limit", _limit, "denoiser images (N or all)"),
     "--blur-kernel-size": ("blur_kernel_size", int, "odd kernel size of the blur"),

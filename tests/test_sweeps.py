@@ -708,6 +708,7 @@ def test_defense_sweep_smoke_logs_the_table(defense_smoke: dict[str, Any], tmp_p
         (["--attacks", "fgsm", "deepfool"], "unknown attack 'deepfool'"),
         (["--models", "A", "D"], "unknown model 'D'"),
         (["--pgd-steps", "0"], "pgd_steps must be >= 1, got 0"),
+        (["--pgd-adv-weight", "1.5"], "pgd_adv_weight must be in [0, 1], got 1.5"),
         (["--cw-search-steps", "0"], "binary_search_steps"),
         (["--adv-train-limit", "ten"], "expected a whole number or 'all', got 'ten'"),
         (["--smoke-test", "--preset", "paper"], "--smoke-test and --preset paper exclude"),
@@ -747,6 +748,7 @@ def test_defense_settings_name_their_checkpoints(sweep_modules: Any) -> None:
     default = plan.resolve(parser.parse_args([]))
     assert default.preset == "cpu" and default.n_images == 30 and default.targets == "random"
     assert default.settings.train_limit == 10_000 and default.settings.pgd_steps == 20
+    assert default.settings.pgd_adv_weight == 0.5
     assert default.attack_options["fgsm"] == {"epsilon": 0.3}
     assert default.attack_options["stadv"] == {"tau": 0.05, "kappa": 0.0}
     assert spec_mod.variant("pgd", default.settings) == "adv-pgd-cpu"
@@ -756,6 +758,7 @@ def test_defense_settings_name_their_checkpoints(sweep_modules: Any) -> None:
 
     paper = plan.resolve(parser.parse_args(["--preset", "paper"]))
     assert paper.settings.train_limit is None and paper.settings.pgd_steps == 40
+    assert paper.settings.pgd_adv_weight == 1.0
     assert paper.n_images == 10_000 and paper.attack_options["cw"]["max_iterations"] == 10_000
     assert spec_mod.variant("pgd", paper.settings) == "adv-pgd"  # `stadv train --defense pgd`'s
     assert spec_mod.variant("denoiser", paper.settings) == ""
