@@ -328,11 +328,17 @@ class StAdv:
                 total = l_adv + self.tau * l_flow
                 (grad,) = torch.autograd.grad(total.sum(), flow)
             with torch.no_grad():
-                pred = logits.argmax(dim=1)
-                ok = pred == t[idx] if t is not None else pred != y[idx]
                 if self.success_margin > 0:
-                    logit_margin = margin_loss(logits, y[idx], None if t is None else t[idx])
-                    ok &= logit_margin <= -self.success_margin
+                    # a margin <= -success_margin < 0 implies the argmax test
+                    logit_margin = (
+                        margin
+                        if self.loss_input == "logits"
+                        else margin_loss(logits, y[idx], None if t is None else t[idx])
+                    )
+                    ok = logit_margin <= -self.success_margin
+                else:
+                    pred = logits.argmax(dim=1)
+                    ok = pred == t[idx] if t is not None else pred != y[idx]
                 better = ok & (l_flow < best_loss[idx])
                 if bool(better.any()):
                     sel = idx[better]
