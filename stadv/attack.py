@@ -21,6 +21,11 @@ is one option away; see README "Reproducing Table 1". The paper reports 99.95 / 
 on MNIST Models A / B / C at tau = 0.05, kappa = 0 and leaves the solver's iteration limit,
 tolerances, history, initialisation and border handling open: each is a named option here.
 
+Default line search: the weak Wolfe conditions (``wolfe``). SciPy's strong Wolfe search cannot
+be satisfied at the hinge's kink on the decision boundary and L-BFGS stalls there; the weak
+conditions (Lewis & Overton's BFGS for non-smooth functions) let it go on to a lower L_flow and a
+higher success rate at about 4x the evaluations (Model B: 98.6 % -> 99.9 %, L_flow 17.8 -> 10.6).
+
 Example::
 
     >>> attack = StAdv(tau=0.05, kappa=0.0)
@@ -57,6 +62,7 @@ Init = Literal["zeros", "gaussian", "uniform"]
 Solver = Literal["lbfgs", "scipy", "scipy-loop", "adam"]
 Keep = Literal["best", "last"]
 Stop = Literal["converged", "first-success"]
+Wolfe = Literal["strong", "weak"]
 LossInput = Literal["logits", "softmax"]
 
 #: The Literal options of :class:`StAdv` and their allowed values.
@@ -65,6 +71,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "solver": get_args(Solver),
     "keep": get_args(Keep),
     "stop": get_args(Stop),
+    "wolfe": get_args(Wolfe),
     "flow_loss": FLOW_LOSS_VARIANTS,
     "neighbours": NEIGHBOURS,
     "eq5_scale": EQ5_SCALES,
@@ -90,8 +97,9 @@ class StAdv:
         init: initial flow, ``"zeros"`` [default], ``"gaussian"`` (std ``init_scale``) or
             ``"uniform"`` (U[0, init_scale)), drawn from a generator seeded with ``seed``.
         init_scale: scale of the random initialisation [0.01 for gaussian, 1.0 for uniform].
-        solver: ``"lbfgs"`` [default; torch-native batched L-BFGS, per-sample state, strong-Wolfe
-            line search, SciPy's stopping rules], ``"scipy"`` (SciPy's L-BFGS-B per sample,
+        solver: ``"lbfgs"`` [default; torch-native batched L-BFGS, per-sample state,
+            Moré-Thuente line search (weak Wolfe by default, see ``wolfe``), SciPy's stopping
+            rules], ``"scipy"`` (SciPy's L-BFGS-B per sample,
             evaluations batched across samples), ``"scipy-loop"`` (SciPy, one image at a time:
             the slow baseline) or ``"adam"`` (first order, ``lr``; ``max_iterations`` steps).
         max_iterations: solver iteration limit [1000]. 0 returns the initial flow.
@@ -99,6 +107,17 @@ class StAdv:
         factr: stop when the relative decrease of L <= factr * machine eps [1e7, SciPy's].
         history: L-BFGS memory (SciPy's ``m``) [10].
         max_linesearch: line-search evaluations per iteration [20, SciPy's ``maxls``].
+        wolfe: the line search's curvature condition, ``"weak"`` (``slope >= 0.9 * initial
+            slope``: BFGS for non-smooth functions, Lewis & Overton 2013) or ``"strong"``
+            (``|slope| <= 0.9 |initial slope|``, SciPy's L-BFGS-B) [None: ``"weak"`` for the
+            ``lbfgs`` solver, ``"strong"`` for the ``scipy`` solvers, which only have that].
+            The hinge in L_adv puts a kink on the decision boundary, where the strong condition
+            can be unsatisfiable: the searches end on ``xtol`` at short steps, ~5 evaluations
+            per iteration, and L-BFGS stalls after ~30 iterations (:mod:`stadv.solvers.lbfgs`).
+            Measured on Model B (first 100 test images x 9 targets, tau 0.05, kappa 0): strong
+            98.6 % targeted success, mean L_flow 17.8, 32 iterations; weak 99.9 %, L_flow 10.6,
+            210 iterations (~3 evaluations each): a better minimum of the paper's objective
+            at about 4x the evaluations.
         lr: Adam's step size (``solver="adam"`` only) [0.01].
         keep: ``"best"`` [default]: return the successful iterate (over every evaluated point)
             with the lowest L_flow, as Carlini & Wagner do; ``"last"``: the solver's final
@@ -142,6 +161,7 @@ class StAdv:
     factr: float = 1e7
     history: int = 10
     max_linesearch: int = 20
+    wolfe: Wolfe | None = None
     lr: float = 0.01
     keep: Keep = "best"
     success_margin: float = 1e-3
@@ -161,6 +181,8 @@ class StAdv:
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
+            if name == "wolfe" and self.wolfe is None:
+                continue
             object.__setattr__(self, name, check_choice(name, getattr(self, name), allowed))
         for name in ("tau", "kappa", "success_margin", "pgtol", "factr", "flow_eps", "lr"):
             value = getattr(self, name)
@@ -187,6 +209,10 @@ class StAdv:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < low:
                 raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+        if self.wolfe == "weak" and self.solver in ("scipy", "scipy-loop"):
+            raise ValueError(
+                f"wolfe='weak' needs solver='lbfgs' (SciPy's search is strong), got {self.solver!r}"
+            )
         if self.flow_loss == "eq4" and self.eq5_scale != "none":
             raise ValueError(f"eq5_scale={self.eq5_scale!r} only applies to flow_loss='eq5'")
 
@@ -202,6 +228,13 @@ class StAdv:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+    @property
+    def effective_wolfe(self) -> str:
+        """The curvature condition the solver uses (``wolfe``, or the solver's default)."""
+        if self.wolfe is not None:
+            return self.wolfe
+        return "weak" if self.solver == "lbfgs" else "strong"
 
     @property
     def effective_init_scale(self) -> float:
@@ -371,6 +404,7 @@ class StAdv:
                 factr=self.factr,
                 history=self.history,
                 max_linesearch=self.max_linesearch,
+                wolfe=self.effective_wolfe,
                 should_stop=should_stop,
             )
         if self.solver in ("scipy", "scipy-loop"):

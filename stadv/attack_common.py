@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from stadv.input_grad import native_input_grad
 from stadv.result import AttackResult
 from stadv.sanity import check_model
 from stadv.targets import TargetSpec, expand_targets
@@ -36,8 +37,11 @@ def prepared_model(model: nn.Module) -> Iterator[nn.Module]:
 
     Eval mode turns dropout off (and uses running batch-norm statistics), so an attack sees the
     deterministic function it is evaluated on; frozen parameters mean input gradients cost no
-    parameter gradients and leave ``.grad`` untouched. The training flag of every sub-module and
-    the ``requires_grad`` of every parameter are restored individually, also on an exception.
+    parameter gradients and leave ``.grad`` untouched. On the CPU, few-channel convolutions
+    take their input gradient from torch's native kernel instead of oneDNN's
+    (:func:`stadv.input_grad.native_input_grad`: same values to rounding, 5-8x faster for a
+    1-channel first layer). The training flag of every sub-module, the ``requires_grad`` of
+    every parameter and every module's ``forward`` are restored, also on an exception.
 
     Example::
 
@@ -50,7 +54,8 @@ def prepared_model(model: nn.Module) -> Iterator[nn.Module]:
         model.eval()
         for p, _ in grads:
             p.requires_grad_(False)
-        yield model
+        with native_input_grad(model):
+            yield model
     finally:
         for m, training in modes:
             m.training = training

@@ -12,10 +12,12 @@ iterate kept, logits fed to the loss), one choice at a time is changed to what a
 * ``success_margin``: 0 (the bare argmax test) instead of 1e-3: kappa = 0 ends on the decision
   boundary, where float noise between batch sizes decides the class;
 * padding: zeros instead of the border;
+* line search: SciPy's strong Wolfe condition instead of the weak one (``wolfe``), which
+  stalls at the hinge's kink on the decision boundary;
 * solver: SciPy's L-BFGS-B, or Adam;
 * loss input: softmax probabilities instead of logits.
 
-14 trials per model, 42 in all, each attacking the first 4 test images towards all 9 other
+15 trials per model, 45 in all, each attacking the first 4 test images towards all 9 other
 classes (``--n-images`` and ``--preset paper`` scale that up). The report
 (``python sweeps/results.py``) ranks the choices by their effect on targeted
 success, which answers why reproductions got 1-72 % where the paper got 99.95 %.
@@ -48,6 +50,7 @@ DEFAULTS = SweepDefaults(
             {"keep": ["last"]},
             {"success_margin": [0.0]},
             {"padding": ["zeros"]},
+            {"wolfe": ["strong"]},
             {"solver": ["scipy", "adam"]},
             {"loss_input": ["softmax"]},
         ),

@@ -156,7 +156,7 @@ def check_rows(report: dict[str, Any], methods: list[str]) -> dict[str, dict[str
 def test_throughput_lbfgs_vs_scipy_loop(
     bench_store: Path, data_root: Path, data_source: Path, tmp_path: Path
 ) -> None:
-    methods = ["lbfgs", "scipy-loop"]
+    methods = ["lbfgs", "lbfgs-strong", "scipy-loop"]
     report, stdout = run_benchmark(
         bench_store, data_root, data_source, tmp_path / "out.json", methods, repeats=2
     )
@@ -175,6 +175,14 @@ def test_throughput_lbfgs_vs_scipy_loop(
     goal = report["goals"]["scipy-loop"]
     assert goal["met"] == (goal["speedup"] >= 5 and goal["success_equal_or_better"])
     assert "lbfgs" in stdout and "scipy-loop" in stdout and "speedup_vs_scipy_loop" in stdout
+    # the strong-Wolfe run (SciPy's algorithm) has its own ratios and goals
+    strong = report["lbfgs_strong"]
+    assert math.isclose(
+        strong["speedup_vs_scipy_loop"],
+        rows["lbfgs-strong"]["attacks_per_second"] / rows["scipy-loop"]["attacks_per_second"],
+        rel_tol=1e-9,
+    )
+    assert set(strong["goals"]) == {"scipy-loop"} and "lbfgs-strong: goal" in stdout
 
 
 def test_throughput_vs_advertorch(

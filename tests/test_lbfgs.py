@@ -244,6 +244,38 @@ def test_nonsmooth_objective_terminates_finite_and_as_low_as_scipy() -> None:
     assert bool((progress(res.f, fun(a, torch.arange(8)), f_low) > 0.9).all())
 
 
+def test_weak_wolfe_goes_past_the_kink_where_strong_stalls() -> None:
+    """On a hinge + sqrt objective the strong Wolfe search stalls; the weak one goes on.
+
+    At the hinge's kink the slope jumps from about g^T d to a large positive value, so no step
+    has |slope| <= 0.9 |g^T d|: dcsrch ends its searches on xtol at short steps (many
+    evaluations per iteration) and L-BFGS stalls. The weak condition accepts past the kink.
+    """
+    fun, a, f_low = nonsmooth(8, 30, torch.float64)
+    f0 = fun(a, torch.arange(8))
+    strong, _ = run(fun, a.clone())
+    weak, _ = run(fun, a.clone(), wolfe="weak")
+    gap_strong = 1 - progress(strong.f, f0, f_low)
+    gap_weak = 1 - progress(weak.f, f0, f_low)
+    assert bool((gap_weak < 0.5 * gap_strong).all()), (gap_weak, gap_strong)
+    assert bool((weak.f >= f_low).all())
+    per_it_strong = strong.evaluations.sum() / strong.iterations.sum()
+    per_it_weak = weak.evaluations.sum() / weak.iterations.sum()
+    assert per_it_weak < 0.5 * per_it_strong, (per_it_weak, per_it_strong)
+
+
+def test_weak_wolfe_batch_equals_single_runs_and_solves_smooth_problems() -> None:
+    x0 = rosenbrock_starts(8, 5, seed=4)
+    batch, _ = run(rosenbrock, x0, wolfe="weak")
+    assert torch.allclose(batch.x, torch.ones_like(x0), rtol=0, atol=1e-3)
+    assert len(set(batch.iterations.tolist())) > 1
+    for i in range(8):
+        single, _ = run(rosenbrock, x0[i : i + 1], wolfe="weak")
+        assert torch.allclose(single.x[0], batch.x[i], rtol=0, atol=1e-10)
+        assert single.iterations[0] == batch.iterations[i]
+        assert single.evaluations[0] == batch.evaluations[i]
+
+
 def test_float32_inputs() -> None:
     x0 = rosenbrock_starts(6, 4, seed=8, dtype=torch.float32)
     res, _ = run(rosenbrock, x0)
@@ -330,6 +362,7 @@ def test_bad_options_raise() -> None:
         dict(factr=float("nan")),
         dict(max_evaluations=0),
         dict(wolfe_c1=0.95),
+        dict(wolfe="medium"),
     ):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             lbfgs_minimize(Recorded(rosenbrock), x0, **kwargs)  # type: ignore[arg-type]

@@ -20,6 +20,13 @@ plain L-BFGS [NW06, Alg. 7.4-7.5]:
   ``dcsrch`` warnings (rounding errors, ``xtol``) accept the current trial, as in L-BFGS-B;
   a trial that lands exactly on the problem's last evaluated point is answered from memory
   (SciPy's objective wrapper caches it too): a line-search step, not an evaluation;
+* ``wolfe="weak"`` accepts on the weak Wolfe conditions instead: sufficient decrease and
+  ``g(x + a d)^T d >= c2 g^T d`` (no upper bound on the slope), with the same ``dcsrch`` trial
+  steps. On a non-smooth objective the strong condition can be unsatisfiable: at a kink where
+  the slope jumps from about ``g^T d`` to a large positive value, no step has
+  ``|slope| <= c2 |g^T d|``, and ``dcsrch`` shrinks its interval until ``xtol`` ends the search
+  at a poor step. The weak conditions are what BFGS on non-smooth functions uses [LO13]. Not
+  SciPy's semantics; measured on stAdv below (:class:`stadv.attack.StAdv`, ``wolfe``);
 * a failed line search (limit reached, or ``g^T d >= 0``) drops the history and retries along
   ``-g`` (step 1); if the history was already empty the problem stops with ``"line_search"`` at
   its last accepted iterate.
@@ -60,6 +67,8 @@ References:
     [MN11] J. L. Morales, J. Nocedal. Remark on "Algorithm 778". ACM TOMS 38(1), 2011.
     [MT94] J. J. Moré, D. J. Thuente. Line search algorithms with guaranteed sufficient decrease.
         ACM TOMS 20(3), 1994.
+    [LO13] A. S. Lewis, M. L. Overton. Nonsmooth optimization via quasi-Newton methods.
+        Math. Program. 141, 2013.
 """
 
 from __future__ import annotations
@@ -78,6 +87,7 @@ _STPMAX = 1e10  # L-BFGS-B's ``big``: the step bound without box constraints
 _XTRAPL = 1.1  # dcsrch's extrapolation range [stp + 1.1 (stp - stx), stp + 4 (stp - stx)]
 _XTRAPU = 4.0
 _P66 = 0.66
+WOLFE = ("strong", "weak")
 
 _RUNNING = -1
 _PGTOL = STOP_REASONS.index("pgtol")
@@ -101,6 +111,7 @@ def lbfgs_minimize(
     max_evaluations: int | None = None,
     wolfe_c1: float = 1e-3,
     wolfe_c2: float = 0.9,
+    wolfe: str = "strong",
     should_stop: StopFn | None = None,
 ) -> SolverResult:
     """Minimise N independent problems with L-BFGS (SciPy's L-BFGS-B semantics, no bounds).
@@ -119,7 +130,9 @@ def lbfgs_minimize(
         max_evaluations: stop a problem after an accepted step once it has used this many
             evaluations (default None: no limit).
         wolfe_c1: sufficient-decrease constant (default 1e-3, SciPy's ``ftol`` of ``dcsrch``).
-        wolfe_c2: curvature constant of the strong Wolfe condition (default 0.9).
+        wolfe_c2: curvature constant of the Wolfe condition (default 0.9).
+        wolfe: ``"strong"`` (default, L-BFGS-B's ``|g(a)^T d| <= c2 |g^T d|``) or ``"weak"``
+            (``g(a)^T d >= c2 g^T d``, for non-smooth objectives; see the module docstring).
         should_stop: optional ``(K,) int64 -> (K,) bool``, asked after each accepted step for the
             problems still running; True stops a problem with ``"callback"``.
 
@@ -145,7 +158,9 @@ def lbfgs_minimize(
         max_evaluations=max_evaluations,
         wolfe_c1=wolfe_c1,
         wolfe_c2=wolfe_c2,
+        wolfe=wolfe,
     )
+    weak = wolfe == "weak"
     n, dim = x0.shape
     dev, dt = x0.device, x0.dtype
     i64, f64 = torch.int64, torch.float64
@@ -205,7 +220,7 @@ def lbfgs_minimize(
             ev_i[fresh] += 1
         gd_try = _dot(g_try, di)
         finite = torch.isfinite(f_try) & torch.isfinite(g_try).all(dim=1)
-        done, stp_next, st_next = _dcsrch(f_try, gd_try, stp_i, st_i, wolfe_c2)
+        done, stp_next, st_next = _dcsrch(f_try, gd_try, stp_i, st_i, wolfe_c2, weak)
         nls_i = ls_evals[idx] + 1
 
         reason_i = torch.where(finite, reason_i, _NOT_FINITE)
@@ -250,7 +265,19 @@ def lbfgs_minimize(
 
         # New direction and line search for every problem that needs one.
         need = (going_on | restart) & (reason_i == _RUNNING)
-        d_lbfgs = _two_loop(g_new, s_hist, y_hist, rho, gamma_i, cnt_i, head_i, idx)
+        d_lbfgs = torch.zeros_like(g_new)  # rows still in a line search keep their direction
+        rows = need.nonzero().squeeze(1)
+        if rows.numel() > 0:
+            d_lbfgs[rows] = _two_loop(
+                g_new[rows],
+                s_hist,
+                y_hist,
+                rho,
+                gamma_i[rows],
+                cnt_i[rows],
+                head_i[rows],
+                idx[rows],
+            )
         start = _start_search(g_new, d_lbfgs, f_new, cnt_i, it_i, wolfe_c1)
         reason_i = _stop_if(reason_i, need & start.failed, _LINE_SEARCH)
         need = need & ~start.failed
@@ -291,6 +318,7 @@ def _check_arguments(
     max_evaluations: int | None,
     wolfe_c1: float,
     wolfe_c2: float,
+    wolfe: str,
 ) -> None:
     if not isinstance(x0, Tensor) or x0.dim() != 2 or not x0.is_floating_point():
         shape = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
@@ -311,6 +339,8 @@ def _check_arguments(
     for name, tol in (("pgtol", pgtol), ("factr", factr)):
         if not tol >= 0.0:
             raise ValueError(f"{name} must be >= 0, got {tol!r}")
+    if wolfe not in WOLFE:
+        raise ValueError(f"wolfe must be one of {WOLFE}, got {wolfe!r}")
     if not 0.0 < wolfe_c1 < wolfe_c2 < 1.0:
         raise ValueError(
             f"need 0 < wolfe_c1 < wolfe_c2 < 1, got wolfe_c1={wolfe_c1!r}, wolfe_c2={wolfe_c2!r}"
@@ -378,19 +408,21 @@ def _two_loop(
     ``H_0`` scalings. Unused slots are masked out, so ``count = 0`` gives ``-gamma g``.
     """
     m = s_hist.shape[1]
+    order = (head.unsqueeze(1) - 1 - torch.arange(m, device=g.device)) % m  # (M, m) newest first
+    rows = idx.unsqueeze(1)
+    s_all, y_all, rho_all = s_hist[rows, order], y_hist[rows, order], rho[rows, order]
+    used = torch.arange(m, device=g.device).unsqueeze(0) < count.unsqueeze(1)  # (M, m)
+    rho_all = torch.where(used, rho_all, 0.0)  # unused slots contribute nothing
     q = g.clone()
     alphas: list[Tensor] = []
-    slots = [(head - 1 - k) % m for k in range(m)]  # newest first
     for k in range(m):
-        s, y = s_hist[idx, slots[k]], y_hist[idx, slots[k]]
-        alpha = torch.where(k < count, rho[idx, slots[k]] * _dot(s, q), 0.0)
-        q = q - alpha.to(g.dtype).unsqueeze(1) * y
+        alpha = rho_all[:, k] * _dot(s_all[:, k], q)
+        q = q - alpha.to(g.dtype).unsqueeze(1) * y_all[:, k]
         alphas.append(alpha)
     r = gamma.to(g.dtype).unsqueeze(1) * q
     for k in reversed(range(m)):
-        s, y = s_hist[idx, slots[k]], y_hist[idx, slots[k]]
-        beta = torch.where(k < count, rho[idx, slots[k]] * _dot(y, r), 0.0)
-        r = r + (alphas[k] - beta).to(g.dtype).unsqueeze(1) * s
+        beta = rho_all[:, k] * _dot(y_all[:, k], r)
+        r = r + (alphas[k] - beta).to(g.dtype).unsqueeze(1) * s_all[:, k]
     return -r
 
 
@@ -486,9 +518,12 @@ def _start_search(
 
 
 def _dcsrch(
-    f: Tensor, g: Tensor, stp: Tensor, st: _Search, c2: float
+    f: Tensor, g: Tensor, stp: Tensor, st: _Search, c2: float, weak: bool
 ) -> tuple[Tensor, Tensor, _Search]:
     """One call of MINPACK-2 ``dcsrch`` [MT94] per row, vectorised.
+
+    ``weak``: accept on the weak Wolfe curvature condition ``g >= c2 * ginit`` instead of
+    ``|g| <= c2 |ginit|`` (the steps proposed are ``dcsrch``'s either way).
 
     ``f``, ``g`` (M,) float64: value and slope ``g(x + stp d)^T d`` at the trial ``stp``.
     Returns ``done`` (convergence or a warning: accept this trial), the next trial step and the
@@ -502,7 +537,10 @@ def _dcsrch(
         | ((stp == _STPMAX) & (f <= ftest) & (g <= st.gtest))
         | ((stp == _STPMIN) & ((f > ftest) | (g >= st.gtest)))
     )
-    converged = (f <= ftest) & (g.abs() <= c2 * (-st.ginit))
+    if weak:  # g >= c2 * g(0): the slope rose enough, however far past a kink
+        converged = (f <= ftest) & (g >= c2 * st.ginit)
+    else:
+        converged = (f <= ftest) & (g.abs() <= c2 * (-st.ginit))
     done = warn | converged
 
     # Stage 1 with a lower but not sufficiently lower value: work on psi(a) = f(a) - a * gtest.
