@@ -9,7 +9,9 @@ paper's setting (tau = 0.05, kappa = 0, zero flow, SciPy's pgtol = 1e-5):
 * pgtol 1e-7 and 1e-10 at the paper's setting;
 
 14 trials per model, 42 in all, each attacking the first 30 test images towards all 9 other
-classes (``--n-images`` and ``--preset paper`` scale that up).
+classes (``--n-images`` and ``--preset paper`` scale that up). With the default weak-Wolfe
+line search, ``--models B`` took 22:39 wall on a 2-core CPU (beside another 1-thread job);
+all three models take an estimated 1.5 h there (A costs ~2x and C ~3x B per attack).
 
     python sweeps/kappa_tau.py                        # embedded Ray, ./mlflow.db
     mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db
