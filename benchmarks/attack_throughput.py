@@ -95,7 +95,6 @@ STADV_OPTIONS: dict[str, dict[str, Any]] = {
     "scipy-batched": {"solver": "scipy"},
     "scipy-loop": {"solver": "scipy-loop"},
 }
-OURS = ("lbfgs", "lbfgs-strong")
 TAU = 0.05
 KAPPA = 0.0
 NUM_CLASSES = 10
