@@ -7,7 +7,8 @@ each returned image re-judged alone (a batch of one: float32 logits move with th
 which decides attacks that end on the decision boundary), mean L_flow, iterations and time;
 ``--json PATH`` writes the rows with the environment. ``eq5`` is the library's default
 (``success_margin`` 1e-3); ``eq5-bare`` accepts any argmax success (``success_margin=0``); ``eq5-strong`` uses SciPy's
-strong Wolfe line search instead of the default weak one.
+strong Wolfe line search instead of the default weak one; ``eq5-no-restart`` solves each attack once
+(no Gaussian restart of the failed ones).
 
     python benchmarks/table1.py --models A B C --n-images 100 --json table1.json
 
@@ -39,6 +40,7 @@ READINGS: dict[str, dict[str, Any]] = {
     "eq5": {"flow_loss": "eq5"},
     "eq5-bare": {"flow_loss": "eq5", "success_margin": 0.0},
     "eq5-strong": {"flow_loss": "eq5", "wolfe": "strong"},
+    "eq5-no-restart": {"flow_loss": "eq5", "restarts": 0},
     "eq5-sqrt_n": {"flow_loss": "eq5", "eq5_scale": "sqrt_n"},
     "eq5-n": {"flow_loss": "eq5", "eq5_scale": "n"},
     "eq5-grid": {"flow_loss": "eq5", "units": "grid"},

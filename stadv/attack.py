@@ -26,6 +26,10 @@ be satisfied at the hinge's kink on the decision boundary and L-BFGS stalls ther
 conditions (Lewis & Overton's BFGS for non-smooth functions) let it go on to a lower L_flow and a
 higher success rate at about 4x the evaluations (Model B: 98.6 % -> 99.9 %, L_flow 17.8 -> 10.6).
 
+Default restarts: an attack that found no successful iterate is solved once more from a small
+Gaussian flow (``restarts``; zero is a stationary point of L_flow). Measured on Model B (first
+100 test images x 9 targets): 99.89 % -> 100.00 %, one attack restarted.
+
 Example::
 
     >>> attack = StAdv(tau=0.05, kappa=0.0)
@@ -35,6 +39,8 @@ Example::
 
 from __future__ import annotations
 
+import hashlib
+import struct
 import time
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Literal, get_args
@@ -95,7 +101,8 @@ class StAdv:
             once the target leads by kappa (``max(..., -kappa)``; a negative kappa would make
             the attack stop before it succeeds).
         init: initial flow, ``"zeros"`` [default], ``"gaussian"`` (std ``init_scale``) or
-            ``"uniform"`` (U[0, init_scale)), drawn from a generator seeded with ``seed``.
+            ``"uniform"`` (U[0, init_scale)), drawn per attack from a generator seeded by
+            (``seed``, the image, the target): the same draw in any batch or order.
         init_scale: scale of the random initialisation [0.01 for gaussian, 1.0 for uniform].
         solver: ``"lbfgs"`` [default; torch-native batched L-BFGS, per-sample state,
             Moré-Thuente line search (weak Wolfe by default, see ``wolfe``), SciPy's stopping
@@ -137,6 +144,18 @@ class StAdv:
         stop: ``"converged"`` [default]: run the solver to its stopping rule (minimises
             L_flow, the paper's objective); ``"first-success"``: stop each attack at its first
             successful iterate (less work, larger L_flow).
+        restarts: how many times an attack with no successful iterate is solved again from a
+            random initial flow [1]; 0 solves each attack once. Restart ``k`` draws a Gaussian
+            flow with std ``restart_scale`` from a generator seeded by (``seed``, ``k``, the
+            image, the target), so a batch still equals its attacks run alone. Only failed
+            attacks are re-solved, so the cost is the failures' share; iterations and
+            evaluations add up over the runs, the stop reason is the last run's. Why: zero is
+            a stationary point of L_flow and an unlucky start; measured on Model B (first 100
+            test images x 9 targets, tau 0.05, kappa 0) the one attack the zero start missed
+            (image 48 towards 0, stopped by ``factr`` at margin +0.018) succeeds from a Gaussian
+            start. Random restarts are the field's usual remedy (Madry et al.'s PGD, AutoAttack).
+            None with ``max_iterations=0``.
+        restart_scale: std of the restarts' Gaussian initial flow, in ``units`` [0.01]. >= 0.
         flow_loss: ``"eq5"`` [default: measured to reproduce Table 1 best] or ``"eq4"``; ``neighbours`` ``"4"`` [default],
             ``"diagonal"`` or ``"8"``; ``eq5_scale`` ``"none"`` [default], ``"n"``, ``"sqrt_n"``;
             ``flow_eps`` the epsilon under the square roots [1e-8]. See :func:`stadv.flow.flow_loss`.
@@ -166,6 +185,8 @@ class StAdv:
     keep: Keep = "best"
     success_margin: float = 1e-3
     stop: Stop = "converged"
+    restarts: int = 1
+    restart_scale: float = 0.01
     flow_loss: str = "eq5"
     neighbours: str = "4"
     eq5_scale: str = "none"
@@ -184,7 +205,16 @@ class StAdv:
             if name == "wolfe" and self.wolfe is None:
                 continue
             object.__setattr__(self, name, check_choice(name, getattr(self, name), allowed))
-        for name in ("tau", "kappa", "success_margin", "pgtol", "factr", "flow_eps", "lr"):
+        for name in (
+            "tau",
+            "kappa",
+            "success_margin",
+            "pgtol",
+            "factr",
+            "flow_eps",
+            "lr",
+            "restart_scale",
+        ):
             value = getattr(self, name)
             if (
                 not isinstance(value, (int, float))
@@ -201,6 +231,7 @@ class StAdv:
             raise ValueError(f"init_scale must be a finite number >= 0, got {self.init_scale!r}")
         for name, low in (
             ("max_iterations", 0),
+            ("restarts", 0),
             ("history", 1),
             ("max_linesearch", 1),
             ("batch_size", 1),
@@ -272,11 +303,13 @@ class StAdv:
             )
             flows: list[torch.Tensor] = []
             solved: list[SolverResult] = []
+            restarted = [0] * self.restarts
             for lo in range(0, xs.shape[0], self.batch_size):
                 hi = min(lo + self.batch_size, xs.shape[0])
-                flow, res = self._attack_chunk(
-                    net, xs[lo:hi], ys[lo:hi], None if ts is None else ts[lo:hi], first_row=lo
+                flow, res, reruns = self._attack_chunk(
+                    net, xs[lo:hi], ys[lo:hi], None if ts is None else ts[lo:hi]
                 )
+                restarted = [a + b for a, b in zip(restarted, reruns, strict=True)]
                 flows.append(flow)
                 solved.append(res)
             flow_all = torch.cat(flows) if flows else x.new_zeros((0, 2, *x.shape[2:]))
@@ -299,7 +332,7 @@ class StAdv:
                 seconds=time.perf_counter() - start,
                 flows=flow_all.detach(),
                 flow_loss=lflow.detach(),
-                extra={"attack": "stadv", "params": self.to_dict()},
+                extra={"attack": "stadv", "params": self.to_dict(), "restarted": restarted},
                 success_margin=self.success_margin,
             )
 
@@ -312,25 +345,29 @@ class StAdv:
             eq5_scale=self.eq5_scale,
         )
 
-    def _initial_flow(
-        self, n: int, shape: tuple[int, int], first_row: int, like: torch.Tensor
-    ) -> torch.Tensor:
-        """Initial flows, row r drawn from a generator seeded by (seed, global row index).
+    def _initial_flow(self, x: torch.Tensor, goal: torch.Tensor, restart: int = 0) -> torch.Tensor:
+        """Initial flows (M, 2, H, W) for the attacks on images ``x`` (M, C, H, W), run ``restart``.
 
-        Seeding per attack keeps a batch equal to the same attacks run one by one.
+        Run 0 uses ``init``; restarts are Gaussian with std ``restart_scale``. Each attack's draw
+        comes from a generator seeded by (``seed``, ``restart``, its image's bytes, its target
+        or label ``goal`` (M,)), so an attack gets the same draw in any batch, chunk or order.
         """
-        h, w = shape
-        if self.init == "zeros" or n == 0:
-            return like.new_zeros((n, 2, h, w))
-        scale = self.effective_init_scale
-        rows = []
-        for r in range(n):
-            gen = torch.Generator().manual_seed(self.seed * 1_000_003 + first_row + r)
-            if self.init == "gaussian":
-                rows.append(torch.randn((2, h, w), generator=gen) * scale)
+        n, _, h, w = x.shape
+        init = self.init if restart == 0 else "gaussian"
+        if init == "zeros" or n == 0:
+            return x.new_zeros((n, 2, h, w))
+        scale = self.effective_init_scale if restart == 0 else float(self.restart_scale)
+        images = x.detach().cpu().numpy()
+        draws = []
+        for image, cls in zip(images, goal.tolist(), strict=True):
+            key = hashlib.blake2b(image.tobytes(), digest_size=8)
+            key.update(struct.pack("<qqq", self.seed, restart, int(cls)))
+            gen = torch.Generator().manual_seed(int.from_bytes(key.digest(), "little") >> 1)
+            if init == "gaussian":
+                draws.append(torch.randn((2, h, w), generator=gen) * scale)
             else:
-                rows.append(torch.rand((2, h, w), generator=gen) * scale)
-        return torch.stack(rows).to(device=like.device, dtype=like.dtype)
+                draws.append(torch.rand((2, h, w), generator=gen) * scale)
+        return torch.stack(draws).to(device=x.device, dtype=x.dtype)
 
     def _attack_chunk(
         self,
@@ -338,13 +375,53 @@ class StAdv:
         x: torch.Tensor,
         y: torch.Tensor,
         t: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, SolverResult, list[int]]:
+        """Solve one chunk of independent attacks, restarting the failed ones (``restarts``).
+
+        Returns the kept flows, the solver statistics (iterations and evaluations summed over
+        the runs of each attack, the stop reason of its last run) and, per restart, how many
+        attacks it re-solved.
+        """
+        flow, found, res = self._solve_rows(model, x, y, t, restart=0)
+        iterations = res.iterations.to(torch.int64).clone()
+        evaluations = res.evaluations.to(torch.int64).clone()
+        reasons = list(res.stop_reason)
+        x_last, f_last = res.x.clone(), res.f.clone()
+        reruns = [0] * self.restarts
+        # max_iterations = 0 returns the initial flow: nothing to restart
+        for k in range(1, (self.restarts if self.max_iterations > 0 else 0) + 1):
+            failed = (~found).nonzero().squeeze(1)
+            if failed.numel() == 0:
+                break
+            reruns[k - 1] = int(failed.numel())
+            sub_t = None if t is None else t[failed]
+            sub_flow, sub_found, sub = self._solve_rows(
+                model, x[failed], y[failed], sub_t, restart=k
+            )
+            # a restart that also fails keeps its own last iterate (keep="last"/"best" alike)
+            flow[failed] = sub_flow
+            found[failed] = sub_found
+            x_last[failed], f_last[failed] = sub.x, sub.f
+            iterations[failed] += sub.iterations.to(iterations.device, torch.int64)
+            evaluations[failed] += sub.evaluations.to(evaluations.device, torch.int64)
+            for j, reason in zip(failed.tolist(), sub.stop_reason, strict=True):
+                reasons[j] = reason
+        result = SolverResult(x_last, f_last, iterations, evaluations, tuple(reasons))
+        return flow, result, reruns
+
+    def _solve_rows(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor | None,
         *,
-        first_row: int,
-    ) -> tuple[torch.Tensor, SolverResult]:
-        """Solve one chunk of independent attacks; returns the kept flows and solver stats."""
+        restart: int,
+    ) -> tuple[torch.Tensor, torch.Tensor, SolverResult]:
+        """One solver run for the attacks (x, y, t): kept flows, found mask, solver stats."""
         n, _, h, w = x.shape
         flow_shape = (2, h, w)
-        x0 = self._initial_flow(n, (h, w), first_row, x).reshape(n, -1)
+        x0 = self._initial_flow(x, y if t is None else t, restart).reshape(n, -1)
         best_flow = x0.detach().clone().view(n, *flow_shape)
         best_loss = torch.full((n,), float("inf"), device=x.device, dtype=x.dtype)
         found = torch.zeros(n, dtype=torch.bool, device=x.device)
@@ -390,7 +467,7 @@ class StAdv:
             flow = torch.where(found.view(n, 1, 1, 1), best_flow, last)
         else:
             flow = last
-        return flow, res
+        return flow, found, res
 
     def _solve(self, objective: Any, x0: torch.Tensor, should_stop: Any) -> SolverResult:
         if self.solver == "lbfgs":

@@ -128,6 +128,7 @@ def cmd_attack(args: argparse.Namespace) -> int:
         "summary": summary,
         "params": attack.to_dict(),
         "stop_reasons": {r: result.stop_reason.count(r) for r in sorted(set(result.stop_reason))},
+        "restarted": result.extra.get("restarted", []),
     }
     if args.out:
         out = Path(args.out)

@@ -193,6 +193,36 @@ def test_random_init_is_seeded(tiny_model_b: torch.nn.Module, batch) -> None:  #
     )
     assert torch.equal(a.flows, b.flows) and not torch.equal(a.flows, c.flows)
     assert abs(float(a.flows.std()) - 0.01) < 0.002
+    # an attack's draw follows its image and target, not its position in the batch
+    flip = StAdv(init="gaussian", max_iterations=0, keep="last", seed=1)(
+        tiny_model_b, x.flip(0), y.flip(0), targets=a.targets.flip(0)
+    )
+    assert torch.equal(flip.flows, a.flows.flip(0))
+
+
+def test_restarts_resolve_only_the_failed_attacks(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
+    # float64, so that rows agree across batch compositions to rounding
+    model = copy.deepcopy(tiny_model_b).to(torch.float64)
+    x, y = batch[0][:4].to(torch.float64), batch[1][:4]
+    kw = dict(max_iterations=4, flow_loss="eq5", eq5_scale="sqrt_n")
+    once = StAdv(restarts=0, **kw)(model, x, y, targets="all")
+    twice = StAdv(restarts=1, **kw)(model, x, y, targets="all")
+    failed = ~once.success
+    assert 0 < int(failed.sum()) < len(once)  # the test needs both kinds
+    assert once.extra["restarted"] == [] and twice.extra["restarted"] == [int(failed.sum())]
+    ok = once.success
+    assert torch.equal(twice.flows[ok], once.flows[ok])
+    assert torch.equal(twice.evaluations[ok], once.evaluations[ok])
+    assert bool((twice.evaluations[failed] > once.evaluations[failed]).all())
+    assert bool((twice.success | ~once.success).all())  # a restart never loses a success
+    # the restarted flows start from a random draw, not from zero: they differ from run 0's
+    assert not torch.equal(twice.flows[failed], once.flows[failed])
+    # and the restart draw follows the attack, not its row: one image alone gives the same
+    i = int(twice.source_index[failed][0])
+    alone = StAdv(restarts=1, **kw)(model, x[i : i + 1], y[i : i + 1], targets="all")
+    rows = twice.source_index == i
+    assert torch.equal(alone.success, twice.success[rows])
+    assert torch.allclose(alone.flows, twice.flows[rows], atol=1e-8)
 
 
 @pytest.mark.parametrize(
@@ -209,6 +239,8 @@ def test_random_init_is_seeded(tiny_model_b: torch.nn.Module, batch) -> None:  #
         ({"flow_loss": "eq3"}, "unknown flow_loss 'eq3'"),
         ({"max_iterations": -1}, "max_iterations must be an integer >= 0"),
         ({"history": 0}, "history must be an integer >= 1"),
+        ({"restarts": -1}, "restarts must be an integer >= 0, got -1"),
+        ({"restart_scale": -0.1}, "restart_scale must be a finite number >= 0, got -0.1"),
         ({"flow_loss": "eq4", "eq5_scale": "n"}, "only applies to flow_loss='eq5'"),
         ({"loss_input": "probs"}, "unknown loss_input 'probs'"),
     ],

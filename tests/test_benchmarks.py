@@ -156,7 +156,8 @@ def check_rows(report: dict[str, Any], methods: list[str]) -> dict[str, dict[str
 def test_throughput_lbfgs_vs_scipy_loop(
     bench_store: Path, data_root: Path, data_source: Path, tmp_path: Path
 ) -> None:
-    methods = ["lbfgs", "lbfgs-strong", "scipy-loop"]
+    methods = ["lbfgs", "lbfgs-strong", "lbfgs-first-success", "scipy-loop"]
+    methods += ["scipy-loop-first-success"]
     report, stdout = run_benchmark(
         bench_store, data_root, data_source, tmp_path / "out.json", methods, repeats=2
     )
@@ -183,6 +184,21 @@ def test_throughput_lbfgs_vs_scipy_loop(
         rel_tol=1e-9,
     )
     assert set(strong["goals"]) == {"scipy-loop"} and "lbfgs-strong: goal" in stdout
+    fast = report["lbfgs_first_success"]
+    assert math.isclose(
+        fast["speedup_vs_scipy_loop"],
+        rows["lbfgs-first-success"]["attacks_per_second"]
+        / rows["scipy-loop"]["attacks_per_second"],
+        rel_tol=1e-9,
+    )
+    assert math.isclose(
+        fast["speedup_vs_scipy_loop_first_success"],
+        rows["lbfgs-first-success"]["attacks_per_second"]
+        / rows["scipy-loop-first-success"]["attacks_per_second"],
+        rel_tol=1e-9,
+    )
+    # stopping at the first success never takes more iterations than running on
+    assert rows["lbfgs-first-success"]["mean_iterations"] <= rows["lbfgs"]["mean_iterations"]
 
 
 def test_throughput_vs_advertorch(
