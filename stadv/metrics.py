@@ -82,6 +82,9 @@ def summarize(result: AttackResult) -> dict[str, float]:
     out["nan_count"] = (
         float(int((~torch.isfinite(result.adv_images)).flatten(1).any(1).sum())) if n else 0.0
     )
+    restarted = result.extra.get("restarted")
+    if isinstance(restarted, list):  # stAdv: attacks re-solved per restart
+        out["restarted_attacks"] = float(sum(restarted))
     if result.flows is not None and n:
         out["mean_abs_flow"] = float(result.flows.abs().double().mean())
         out["max_abs_flow"] = float(result.flows.abs().max())

@@ -11,6 +11,7 @@ import torch
 from stadv.attack import StAdv
 from stadv.data import TensorData
 from stadv.flow import flow_loss, warp
+from stadv.metrics import summarize
 from stadv.models import predict
 
 FAST = dict(max_iterations=40, flow_loss="eq5", eq5_scale="sqrt_n")
@@ -210,6 +211,7 @@ def test_restarts_resolve_only_the_failed_attacks(tiny_model_b: torch.nn.Module,
     failed = ~once.success
     assert 0 < int(failed.sum()) < len(once)  # the test needs both kinds
     assert once.extra["restarted"] == [] and twice.extra["restarted"] == [int(failed.sum())]
+    assert summarize(twice)["restarted_attacks"] == float(failed.sum())
     ok = once.success
     assert torch.equal(twice.flows[ok], once.flows[ok])
     assert torch.equal(twice.evaluations[ok], once.evaluations[ok])
