@@ -357,7 +357,8 @@ class StAdv:
         if init == "zeros" or n == 0:
             return x.new_zeros((n, 2, h, w))
         scale = self.effective_init_scale if restart == 0 else float(self.restart_scale)
-        images = x.detach().cpu().numpy()
+        # raw bytes per image (any dtype, bfloat16 included, which NumPy lacks)
+        images = x.detach().cpu().contiguous().flatten(1).view(torch.uint8).numpy()
         draws = []
         for image, cls in zip(images, goal.tolist(), strict=True):
             key = hashlib.blake2b(image.tobytes(), digest_size=8)
