@@ -309,6 +309,53 @@ def test_results_report_from_the_command_line(
         assert f"report_files/{f.name}" in text
 
 
+def test_results_smoke_test_runs_the_smoke_sweep_and_reports_it(
+    tmp_path: Path,
+    ray_address: str,
+    sweep_env: dict[str, str],
+    sweep_store: Path,
+    data_root: Path,
+) -> None:
+    out = tmp_path / "smoke.md"
+    cmd = sweep_cmd(
+        "results",
+        "--smoke-test",
+        "--address",
+        ray_address,
+        "--store",
+        str(sweep_store),
+        "--data-dir",
+        str(data_root),
+        "--out",
+        str(out),
+    )
+    proc = run(cmd, sweep_env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert f"wrote {out}" in proc.stdout
+    text = out.read_text()
+    assert "## The paper's Table 1 beside ours" in text and "| B | 0.9998 |" in text
+    trials = pd.read_csv(tmp_path / "smoke_files" / "trials.csv")
+    assert len(trials) == 4 and set(trials["model"]) == {"B"}
+    assert {(float(k), float(t)) for k, t in zip(trials["kappa"], trials["tau"], strict=True)} == {
+        (float(k), float(t)) for k, t in SMOKE_KAPPA_TAU
+    }
+    assert trials["targeted_success_rate"].between(0, 1).all()
+    figures = sorted((tmp_path / "smoke_files").glob("*.png"))
+    assert figures and all(is_png(f) for f in figures)
+    # the smoke sweep's store stays beside the report, for `mlflow ui`
+    _, parents, children = runs_of(
+        f"sqlite:///{tmp_path / 'smoke_sweep' / 'mlflow.db'}", "results-smoke"
+    )
+    assert len(parents) == 1 and len(children) == 4
+
+
+def test_results_without_a_store_names_the_missing_arguments(sweep_env: dict[str, str]) -> None:
+    proc = run(sweep_cmd("results", "--out", "never.md"), sweep_env, timeout=120)
+    assert proc.returncode == 2
+    assert "--tracking-uri, --experiment" in proc.stderr
+    assert not (REPO / "never.md").exists()
+
+
 @pytest.mark.slow
 def test_ablation_smoke_with_embedded_ray(
     tmp_path: Path, sweep_env: dict[str, str], sweep_store: Path, data_root: Path
