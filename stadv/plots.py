@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import torch
 from matplotlib.figure import Figure
 
@@ -23,9 +24,10 @@ def save_png(fig: Figure, path: str | Path, dpi: int = 100) -> Path:
     return path
 
 
-def _img(t: torch.Tensor) -> torch.Tensor:
+def _img(t: torch.Tensor) -> np.ndarray:
+    """(C, H, W) tensor -> the (H, W) or (H, W, C) float array matplotlib draws."""
     t = t.detach().cpu().float()
-    return t[0] if t.shape[0] == 1 else t.permute(1, 2, 0)
+    return (t[0] if t.shape[0] == 1 else t.permute(1, 2, 0)).numpy()
 
 
 def figure2_grid(

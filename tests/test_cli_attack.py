@@ -1,0 +1,176 @@
+"""``stadv attack``: its JSON and files, blocks saved as they finish, ``--resume`` after an
+interruption, and the results-on-disk helpers behind them (:mod:`stadv.result_io`)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from stadv.attack import StAdv
+from stadv.cli import main
+from stadv.result_io import concat_results, load_result, save_result
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def common(tmp_path_factory: pytest.TempPathFactory, data_source: Path) -> list[str]:
+    """CLI flags for real MNIST and a store holding a quick-trained Model B."""
+    root = tmp_path_factory.mktemp("cli-attack")
+    flags = [
+        "--no-download",
+        "--data-dir",
+        str(root / "data"),
+        "--data-source",
+        str(data_source),
+        "--store",
+        str(root / "store"),
+    ]
+    args = ["train", "--model", "B", "--epochs", "1", "--train-limit", "2000", "--quiet"]
+    assert main([*args, *flags]) == 0
+    return flags
+
+
+def attack_args(out: Path, *extra: str) -> list[str]:
+    return [
+        "attack",
+        "--model",
+        "B",
+        "--no-train",
+        "--start",
+        "1",
+        "--n-images",
+        "3",
+        "--targets",
+        "all",
+        "--max-iterations",
+        "20",
+        "--block-images",
+        "2",
+        "--out",
+        str(out),
+        "--json",
+        *extra,
+    ]
+
+
+def last_json(capsys: pytest.CaptureFixture[str]) -> dict:
+    return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_attack_prints_json_writes_files_and_resumes(
+    tmp_path: Path, common: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main([*attack_args(out), *common]) == 0
+    captured = capsys.readouterr()
+    row = json.loads(captured.out.strip().splitlines()[-1])
+    assert row["n_attacks"] == 27 and row["blocks"] == {"blocks": 2, "loaded": 0}
+    for key in ("targeted_success_rate", "mean_flow_loss", "seconds", "attacks_per_second"):
+        assert isinstance(row[key], float), key
+    assert "block 1/2, images 1-2: 18 attacks" in captured.err
+    assert "block 2/2, images 3-3: 9 attacks" in captured.err
+    table = pd.read_csv(out / "attacks.csv")
+    assert len(table) == 27 and sorted(set(table["source_index"])) == [0, 1, 2]
+    assert row["targeted_success_rate"] == pytest.approx(table["success"].mean())
+    assert (table["target"] != table["label"]).all()
+    for name in ("figure2.png", "target_heatmap.png", "flow_quiver.png"):
+        assert (out / name).read_bytes()[:8] == PNG_SIGNATURE, name
+    assert json.loads((out / "summary.json").read_text())["n_attacks"] == 27
+    blocks = sorted(p.name for p in (out / "blocks").iterdir())
+    assert blocks == ["images_00001-00002.pt", "images_00003-00003.pt"]
+
+    # Interrupted after the first block: --resume loads it and attacks only the second.
+    first_block = (out / "blocks" / blocks[0]).read_bytes()
+    (out / "blocks" / blocks[1]).unlink()
+    assert main([*attack_args(out, "--resume"), *common]) == 0
+    captured = capsys.readouterr()
+    resumed = json.loads(captured.out.strip().splitlines()[-1])
+    assert resumed["blocks"] == {"blocks": 2, "loaded": 1}
+    assert "images 1-2: 18 attacks, success" in captured.err and "loaded" in captured.err
+    assert (out / "blocks" / blocks[0]).read_bytes() == first_block
+    again = pd.read_csv(out / "attacks.csv")
+    pd.testing.assert_frame_equal(again, table)
+    assert resumed["targeted_success_rate"] == row["targeted_success_rate"]
+
+
+def test_saved_blocks_are_never_overwritten(
+    tmp_path: Path, common: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main([*attack_args(out, "--max-iterations", "0"), *common]) == 0
+    capsys.readouterr()
+    before = {p.name: p.read_bytes() for p in (out / "blocks").iterdir()}
+
+    assert main([*attack_args(out, "--max-iterations", "0"), *common]) == 2
+    assert "pass --resume to continue it" in capsys.readouterr().err
+    assert (
+        main([*attack_args(out, "--max-iterations", "0", "--resume", "--tau", "0.1"), *common]) == 2
+    )
+    err = capsys.readouterr().err
+    assert "was saved by another run (tau: saved 0.05, now 0.1)" in err
+    assert {p.name: p.read_bytes() for p in (out / "blocks").iterdir()} == before
+
+
+def test_bad_block_arguments_are_named(
+    tmp_path: Path, common: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*attack_args(tmp_path / "a", "--block-images", "0"), *common]) == 2
+    assert "--block-images must be >= 1, got 0" in capsys.readouterr().err
+    args = [
+        a
+        for a in attack_args(tmp_path / "b", "--resume")
+        if a not in ("--out", str(tmp_path / "b"))
+    ]
+    assert main([*args, *common]) == 2
+    assert "--resume needs --out" in capsys.readouterr().err
+
+
+def test_random_targets_do_not_depend_on_the_block_size(
+    tmp_path: Path, common: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    targets = []
+    for size in ("1", "4"):
+        out = tmp_path / f"b{size}"
+        args = attack_args(out, "--targets", "random", "--max-iterations", "0")
+        args[args.index("--block-images") + 1] = size
+        args[args.index("--n-images") + 1] = "4"
+        assert main([*args, *common]) == 0
+        capsys.readouterr()
+        targets.append(pd.read_csv(out / "attacks.csv")["target"].tolist())
+    assert targets[0] == targets[1] and len(targets[0]) == 4
+
+
+def test_results_round_trip_and_concatenate(
+    tiny_model_b: torch.nn.Module, mnist_test, tmp_path: Path
+) -> None:
+    data = mnist_test.slice(0, 3)
+    attack = StAdv(max_iterations=5)
+    whole = attack(tiny_model_b, data.images, data.labels, targets="all")
+    parts = [
+        attack(tiny_model_b, data.images[:2], data.labels[:2], targets="all"),
+        attack(tiny_model_b, data.images[2:], data.labels[2:], targets="all"),
+    ]
+    path = save_result(parts[1], tmp_path / "p.pt", key={"block": 1})
+    loaded, key = load_result(path)
+    assert key == {"block": 1} and loaded.stop_reason == parts[1].stop_reason
+    assert torch.equal(loaded.flows, parts[1].flows) and torch.equal(
+        loaded.success, parts[1].success
+    )
+    joined = concat_results([parts[0], loaded], [0, 2])
+    assert len(joined) == len(whole) == 27
+    assert torch.equal(joined.source_index, whole.source_index)
+    assert torch.equal(joined.targets, whole.targets) and torch.equal(joined.labels, whole.labels)
+    assert joined.seconds == pytest.approx(parts[0].seconds + parts[1].seconds)
+    assert joined.extra["restarted"] == [
+        a + b for a, b in zip(parts[0].extra["restarted"], parts[1].extra["restarted"], strict=True)
+    ]
+    with pytest.raises(ValueError, match="one offset per part"):
+        concat_results(parts, [0])
+    torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
+    with pytest.raises(ValueError, match="is not a saved attack result"):
+        load_result(tmp_path / "other.pt")
