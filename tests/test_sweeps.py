@@ -309,6 +309,7 @@ def test_results_report_from_the_command_line(
         assert f"report_files/{f.name}" in text
 
 
+@pytest.mark.slow
 def test_results_smoke_test_runs_the_smoke_sweep_and_reports_it(
     tmp_path: Path,
     ray_address: str,
