@@ -54,7 +54,7 @@ def add_attack_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], 
         "--block-images",
         type=int,
         default=100,
-        help="images attacked (and, with --out, saved) per block (default 100)",
+        help="images attacked (and, with --out, saved) per block (default 100; on a GPU raise it with --batch-size so that a block fills the batch)",
     )
     p.add_argument(
         "--resume",
