@@ -208,6 +208,21 @@ def _key_difference(saved: dict[str, Any], key: dict[str, Any]) -> str:
     return "; ".join(diffs)
 
 
+def _block_name(first: int, last: int) -> str:
+    return f"images_{first:05d}-{last:05d}.pt"
+
+
+def _block_range(path: Path) -> tuple[int, int]:
+    """(first, last) image of a saved block, from its name."""
+    try:
+        first, last = path.stem.removeprefix("images_").split("-")
+        return int(first), int(last)
+    except ValueError:
+        raise ValueError(
+            f"{path} is not a block of `stadv attack` (images_FIRST-LAST.pt)"
+        ) from None
+
+
 def _attack_in_blocks(
     attack: StAdv,
     model: Any,
@@ -237,6 +252,18 @@ def _attack_in_blocks(
             f"{folder} holds {len(saved)} saved blocks of an earlier run: pass --resume to "
             "continue it, or choose another --out (nothing was overwritten)"
         )
+    n, size = images.shape[0], args.block_images
+    names = {
+        _block_name(args.start + lo, args.start + min(lo + size, n) - 1) for lo in range(0, n, size)
+    }
+    for old in saved:
+        first, last = _block_range(old)
+        if old.name not in names and first <= args.start + n - 1 and last >= args.start:
+            raise ValueError(
+                f"{old} (images {first}-{last}) does not fit this run's blocks of "
+                f"--block-images {size} from image {args.start}: resume with the block size "
+                "and start of the saved run, or choose another --out"
+            )
     targets: Any = None if args.targets == "none" else args.targets
     if targets == "random":
         with prepared_model(model) as net:
@@ -244,13 +271,12 @@ def _attack_in_blocks(
                 net, images, labels, "random", num_classes=attack.num_classes, seed=attack.seed
             )
     key = _block_key(args, attack, model_name, _model_digest(model)) if folder else {}
-    n, size = images.shape[0], args.block_images
     parts, offsets, loaded = [], [], 0
     for number, lo in enumerate(range(0, n, size), start=1):
         hi = min(lo + size, n)
         first, last = args.start + lo, args.start + hi - 1
         block_key = {**key, "first_image": first, "last_image": last}
-        path = folder / f"images_{first:05d}-{last:05d}.pt" if folder else None
+        path: Path | None = folder / _block_name(first, last) if folder else None
         start = time.perf_counter()
         if path is not None and path.exists():
             part, saved_key = load_result(path)

@@ -113,6 +113,17 @@ def test_saved_blocks_are_never_overwritten(
     )
     err = capsys.readouterr().err
     assert "was saved by another run (tau: saved 0.05, now 0.1)" in err
+    assert (
+        main(
+            [*attack_args(out, "--max-iterations", "0", "--resume", "--block-images", "1"), *common]
+        )
+        == 2
+    )
+    err = capsys.readouterr().err
+    assert (
+        "images_00001-00002.pt (images 1-2) does not fit this run's blocks of --block-images 1"
+        in err
+    )
     assert {p.name: p.read_bytes() for p in (out / "blocks").iterdir()} == before
 
 
