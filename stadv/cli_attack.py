@@ -168,12 +168,13 @@ def cmd_attack(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_digest(model: Any) -> str:
-    """A short digest of the model's weights: ``--resume`` refuses blocks of another model."""
+def _digest(tensors: dict[str, Any]) -> str:
+    """A short digest of named tensors' bytes: ``--resume`` refuses blocks of another model
+    (its weights) or of other images."""
     import torch
 
     h = hashlib.blake2b(digest_size=8)
-    for name, tensor in sorted(model.state_dict().items()):
+    for name, tensor in sorted(tensors.items()):
         h.update(name.encode())
         h.update(tensor.detach().cpu().contiguous().flatten().view(torch.uint8).numpy().tobytes())
     return h.hexdigest()
@@ -270,12 +271,14 @@ def _attack_in_blocks(
             _, _, targets, _ = expand_targets(
                 net, images, labels, "random", num_classes=attack.num_classes, seed=attack.seed
             )
-    key = _block_key(args, attack, model_name, _model_digest(model)) if folder else {}
+    key = _block_key(args, attack, model_name, _digest(model.state_dict())) if folder else {}
     parts, offsets, loaded = [], [], 0
     for number, lo in enumerate(range(0, n, size), start=1):
         hi = min(lo + size, n)
         first, last = args.start + lo, args.start + hi - 1
         block_key = {**key, "first_image": first, "last_image": last}
+        if folder is not None:
+            block_key["images_digest"] = _digest({"x": images[lo:hi], "y": labels[lo:hi]})
         path: Path | None = folder / _block_name(first, last) if folder else None
         start = time.perf_counter()
         if path is not None and path.exists():

@@ -185,3 +185,16 @@ def test_results_round_trip_and_concatenate(
     torch.save({"x": torch.zeros(1)}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="is not a saved attack result"):
         load_result(tmp_path / "other.pt")
+
+
+def test_block_digest_tells_other_images_and_weights_apart() -> None:
+    from stadv.cli_attack import _digest
+
+    x = torch.rand(2, 1, 4, 4)
+    y = torch.tensor([1, 2])
+    same = _digest({"x": x.clone(), "y": y.clone()})
+    assert _digest({"x": x, "y": y}) == same
+    moved = x.clone()
+    moved[0, 0, 0, 0] += 1e-6  # one pixel, one float step away
+    assert _digest({"x": moved, "y": y}) != same
+    assert _digest({"x": x, "y": torch.tensor([1, 3])}) != same
