@@ -8,7 +8,8 @@ which decides attacks that end on the decision boundary), mean L_flow, iteration
 ``--json PATH`` writes the rows with the environment. ``eq5`` is the library's default
 (``success_margin`` 1e-3); ``eq5-bare`` accepts any argmax success (``success_margin=0``); ``eq5-strong`` uses SciPy's
 strong Wolfe line search instead of the default weak one; ``eq5-no-restart`` solves each attack once
-(no Gaussian restart of the failed ones).
+(no Gaussian restart of the failed ones); ``default-keep-last-no-restart`` returns L-BFGS's last
+iterate and solves each attack once. ``--json`` is rewritten after every row.
 
     python benchmarks/table1.py --models A B C --n-images 100 --json table1.json
 
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 from typing import Any
@@ -48,12 +50,14 @@ READINGS: dict[str, dict[str, Any]] = {
     "eq5-sqrt_n-gauss": {"flow_loss": "eq5", "eq5_scale": "sqrt_n", "init": "gaussian"},
     "eq4-gauss": {"flow_loss": "eq4", "init": "gaussian"},
     "default-keep-last": {"keep": "last"},
+    "default-keep-last-no-restart": {"keep": "last", "restarts": 0},
 }
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; bad values exit with status 2 and name the value."""
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--models", nargs="+", default=["A", "B", "C"])
+    p.add_argument("--models", nargs="+", default=["A", "B", "C"], choices=list(PAPER))
     p.add_argument("--readings", nargs="+", default=list(READINGS), choices=list(READINGS))
     p.add_argument("--n-images", type=int, default=100)
     p.add_argument("--start", type=int, default=0)
@@ -62,20 +66,44 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--store", default=None)
-    p.add_argument("--json", default=None)
-    args = p.parse_args()
+    p.add_argument("--store", default=None, help="model store (default ~/.cache/stadv/models)")
+    p.add_argument("--data-dir", default=None, help="data root (default: the library's)")
+    p.add_argument("--json", default=None, help="write the rows here (after every row)")
+    args = p.parse_args(argv)
+    if args.n_images < 1:
+        p.error(f"--n-images must be >= 1, got {args.n_images}")
+    if args.start < 0:
+        p.error(f"--start must be >= 0, got {args.start}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
-    test = load_tensors("mnist", split="test").slice(args.start, args.start + args.n_images)
+    test = load_tensors("mnist", split="test", data_dir=args.data_dir).slice(
+        args.start, args.start + args.n_images
+    )
     x, y = test.images.to(device), test.labels.to(device)
-    rows = []
+    env = {
+        "torch": torch.__version__,
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "n_images": args.n_images,
+        "start": args.start,
+        "solver": args.solver,
+        "batch_size": args.batch_size,
+    }
+    rows: list[dict[str, Any]] = []
     print(
         f"{'model':5} {'reading':18} {'success':>8} {'95% CI':>15} {'alone':>7} {'paper':>7} {'L_flow':>8} {'iters':>7} {'sec':>7}"
     )
     for name in args.models:
-        model = load_pretrained(name, dataset="mnist", store=args.store, device=device)
+        model = load_pretrained(
+            name, dataset="mnist", store=args.store, data_dir=args.data_dir, device=device
+        )
         for reading in args.readings:
             attack = StAdv(
                 tau=0.05,
@@ -114,19 +142,16 @@ def main() -> None:
                 f"{s['mean_flow_loss']:8.3f} {s['mean_iterations']:7.1f} {s['seconds']:7.1f}",
                 flush=True,
             )
-    if args.json:
-        env = {
-            "torch": torch.__version__,
-            "device": str(device),
-            "threads": torch.get_num_threads(),
-            "python": platform.python_version(),
-            "n_images": args.n_images,
-            "start": args.start,
-            "solver": args.solver,
-            "batch_size": args.batch_size,
-        }
-        with open(args.json, "w") as f:
-            json.dump({"environment": env, "rows": rows}, f, indent=2)
+            if args.json:  # after every row: a long run keeps what it measured
+                _write_json(args.json, {"environment": env, "rows": rows})
+
+
+def _write_json(path: str, payload: dict[str, Any]) -> None:
+    """Write ``payload`` to ``path`` atomically (a temporary file, then a rename)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(payload, f, indent=2)
+    os.replace(tmp, path)
 
 
 if __name__ == "__main__":

@@ -257,3 +257,75 @@ def test_bad_arguments_are_refused(
         script.parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+TABLE1 = REPO / "benchmarks" / "table1.py"
+
+
+def test_table1_writes_a_row_per_reading(
+    bench_store: Path, data_root: Path, data_source: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "table1.json"
+    readings = ["eq5", "default-keep-last-no-restart"]
+    cmd = [
+        sys.executable, str(TABLE1),
+        "--models", "B",
+        "--readings", *readings,
+        "--store", str(bench_store),
+        "--data-dir", str(data_root),
+        "--n-images", "2",
+        "--max-iterations", "20",
+        "--threads", "1",
+        "--device", "cpu",
+        "--json", str(out),
+    ]  # fmt: skip
+    env = {**os.environ, "STADV_DATA_SOURCE": str(data_source)}
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert not (tmp_path / "table1.json.tmp").exists()
+    assert report["environment"]["n_images"] == 2 and report["environment"]["device"] == "cpu"
+    rows = report["rows"]
+    assert [(r["model"], r["reading"]) for r in rows] == [("B", r) for r in readings]
+    for row in rows:
+        assert row["attacks"] == 18  # 2 images x 9 other classes
+        assert row["params"]["tau"] == 0.05 and row["params"]["kappa"] == 0.0
+        assert row["params"]["max_iterations"] == 20
+        assert sum(row["stop_reasons"].values()) == 18
+        for key in ("targeted_success_rate", "targeted_success_rate_alone"):
+            assert 0.0 <= row[key] <= 1.0
+        rate = row["targeted_success_rate"]
+        assert row["targeted_success_ci_low"] <= rate <= row["targeted_success_ci_high"]
+        low, high = row["targeted_success_alone_ci"]
+        assert low <= row["targeted_success_rate_alone"] <= high
+        assert math.isfinite(row["mean_flow_loss"])
+        # iterations add up over the solves: the first and each restart, 20 at most each
+        assert row["mean_iterations"] <= 20 * (1 + row["params"]["restarts"])
+    default, last = rows
+    assert (default["params"]["keep"], default["params"]["restarts"]) == ("best", 1)
+    assert (last["params"]["keep"], last["params"]["restarts"]) == ("last", 0)
+    # one printed line per row, after the header
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("B ")]
+    assert [ln.split()[1] for ln in lines] == readings
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--models", "D"], "invalid choice: 'D'"),
+        (["--readings", "eq6"], "invalid choice: 'eq6'"),
+        (["--n-images", "0"], "--n-images must be >= 1, got 0"),
+        (["--start", "-1"], "--start must be >= 0, got -1"),
+    ],
+)
+def test_table1_bad_arguments_are_refused(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    spec = importlib.util.spec_from_file_location("table1", TABLE1)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(SystemExit) as exc:
+        module.parse_args(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
