@@ -99,10 +99,16 @@ def run_benchmark(
         "--methods", *methods,
         "--json", str(out),
     ]  # fmt: skip
+    proc = run_script(cmd, data_source)
+    return json.loads(out.read_text()), proc.stdout
+
+
+def run_script(cmd: list[str], data_source: Path) -> subprocess.CompletedProcess[str]:
+    """Run a benchmark script as a user does (real data from ``data_source``); must succeed."""
     env = {**os.environ, "STADV_DATA_SOURCE": str(data_source)}
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    return json.loads(out.read_text()), proc.stdout
+    return proc
 
 
 def positive(value: object) -> bool:
@@ -228,9 +234,9 @@ def test_throughput_vs_advertorch(
     assert "advertorch" in stdout and "speedup_vs_advertorch" in stdout
 
 
-def load_script(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """The script as a module (registered for the test only: its dataclass needs the entry)."""
-    spec = importlib.util.spec_from_file_location("attack_throughput", SCRIPT)
+def load_script(monkeypatch: pytest.MonkeyPatch, path: Path = SCRIPT) -> Any:
+    """A script as a module (registered for the test only: a dataclass needs the entry)."""
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     monkeypatch.setitem(sys.modules, spec.name, module)
@@ -279,9 +285,7 @@ def test_table1_writes_a_row_per_reading(
         "--device", "cpu",
         "--json", str(out),
     ]  # fmt: skip
-    env = {**os.environ, "STADV_DATA_SOURCE": str(data_source)}
-    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    proc = run_script(cmd, data_source)
     report = json.loads(out.read_text())
     assert not (tmp_path / "table1.json.tmp").exists()
     assert report["environment"]["n_images"] == 2 and report["environment"]["device"] == "cpu"
@@ -319,13 +323,12 @@ def test_table1_writes_a_row_per_reading(
     ],
 )
 def test_table1_bad_arguments_are_refused(
-    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+    argv: list[str],
+    message: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    spec = importlib.util.spec_from_file_location("table1", TABLE1)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
     with pytest.raises(SystemExit) as exc:
-        module.parse_args(argv)
+        load_script(monkeypatch, TABLE1).parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
