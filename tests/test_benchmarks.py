@@ -25,6 +25,7 @@ from stadv.store import train_and_store
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "attack_throughput.py"
+TABLE1 = REPO / "benchmarks" / "table1.py"
 TOP_KEYS = {
     "environment",
     "rows",
@@ -244,30 +245,6 @@ def load_script(monkeypatch: pytest.MonkeyPatch, path: Path = SCRIPT) -> Any:
     return module
 
 
-@pytest.mark.parametrize(
-    ("argv", "message"),
-    [
-        (["--methods", "lbfgs", "foolbox"], "invalid choice: 'foolbox'"),
-        (["--n-images", "0"], "--n-images must be >= 1, got 0"),
-        (["--targets", "least-likely"], "invalid choice: 'least-likely'"),
-    ],
-)
-def test_bad_arguments_are_refused(
-    argv: list[str],
-    message: str,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    script = load_script(monkeypatch)
-    with pytest.raises(SystemExit) as exc:
-        script.parse_args(argv)
-    assert exc.value.code == 2
-    assert message in capsys.readouterr().err
-
-
-TABLE1 = REPO / "benchmarks" / "table1.py"
-
-
 def test_table1_writes_a_row_per_reading(
     bench_store: Path, data_root: Path, data_source: Path, tmp_path: Path
 ) -> None:
@@ -314,21 +291,26 @@ def test_table1_writes_a_row_per_reading(
 
 
 @pytest.mark.parametrize(
-    ("argv", "message"),
+    ("script", "argv", "message"),
     [
-        (["--models", "D"], "invalid choice: 'D'"),
-        (["--readings", "eq6"], "invalid choice: 'eq6'"),
-        (["--n-images", "0"], "--n-images must be >= 1, got 0"),
-        (["--start", "-1"], "--start must be >= 0, got -1"),
+        (SCRIPT, ["--methods", "lbfgs", "foolbox"], "invalid choice: 'foolbox'"),
+        (SCRIPT, ["--n-images", "0"], "--n-images must be >= 1, got 0"),
+        (SCRIPT, ["--targets", "least-likely"], "invalid choice: 'least-likely'"),
+        (TABLE1, ["--models", "D"], "invalid choice: 'D'"),
+        (TABLE1, ["--readings", "eq6"], "invalid choice: 'eq6'"),
+        (TABLE1, ["--n-images", "0"], "--n-images must be >= 1, got 0"),
+        (TABLE1, ["--start", "-1"], "--start must be >= 0, got -1"),
     ],
+    ids=lambda v: v.stem if isinstance(v, Path) else None,
 )
-def test_table1_bad_arguments_are_refused(
+def test_bad_arguments_are_refused(
+    script: Path,
     argv: list[str],
     message: str,
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with pytest.raises(SystemExit) as exc:
-        load_script(monkeypatch, TABLE1).parse_args(argv)
+        load_script(monkeypatch, script).parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
