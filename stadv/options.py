@@ -176,7 +176,8 @@ def parse_value(cls: type, name: str, value: Any) -> Any:
             return None
         raise ValueError(f"{cls.__name__} option {name} cannot be None")
     bad = ValueError(
-        f"{cls.__name__} option {name}={value!r} is invalid: expected {opt.describe()}"
+        f"{cls.__name__} option {name}={value!r} is not a valid {opt.kind}: expected "
+        f"{opt.describe()}"
     )
     if opt.kind == "choice":
         return check_choice(name, value, opt.choices)

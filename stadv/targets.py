@@ -27,6 +27,21 @@ TARGET_PROTOCOLS: tuple[str, ...] = get_args(TargetProtocol)
 #: What an attack's ``targets`` argument accepts.
 TargetSpec = torch.Tensor | str | None
 
+#: The target protocols by name, as command lines and sweep configs spell them:
+#: ``"untargeted"`` is ``targets=None``.
+TargetChoice = Literal["all", "random", "least-likely", "untargeted"]
+TARGET_CHOICES: tuple[str, ...] = get_args(TargetChoice)
+
+
+def as_target_spec(choice: str) -> TargetSpec:
+    """The ``targets`` argument of an attack for a protocol name of :data:`TARGET_CHOICES`
+    (``"untargeted"`` is None); ``ValueError`` naming the allowed names."""
+    if choice not in TARGET_CHOICES:
+        raise ValueError(
+            f"unknown targets {choice!r}; allowed: {', '.join(map(repr, TARGET_CHOICES))}"
+        )
+    return None if choice == "untargeted" else choice
+
 
 def _check_labels(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
     if images.dim() < 1 or labels.shape != images.shape[:1]:

@@ -1,54 +1,9 @@
-"""Sweep stAdv over kappa, tau, the flow initialisation and pgtol for Models A, B and C.
-
-One Ray Tune trial per grid point; each logs a nested MLflow run with its metrics, figures and
-per-attack table. The default grid covers the values the public reproduction tried and the
-paper's setting (tau = 0.05, kappa = 0, zero flow, SciPy's pgtol = 1e-5):
-
-* kappa x tau: kappa in {0, 0.5}, tau in {0.05, 5e-3, 5e-4, 1e-4, 0} (zero flow);
-* Gaussian initial flow (std 0.01) at tau = 0.05 and 5e-4;
-* pgtol 1e-7 and 1e-10 at the paper's setting;
-
-14 trials per model, 42 in all, each attacking the first 30 test images towards all 9 other
-classes (``--n-images`` and ``--preset paper`` scale that up). With the default weak-Wolfe
-line search, ``--models B`` took 22:39 wall on a 2-core CPU (beside another 1-thread job);
-all three models take an estimated 1.5 h there (A costs ~2x and C ~3x B per attack).
-
-    python sweeps/kappa_tau.py                        # embedded Ray, ./mlflow.db
-    mlflow ui --backend-store-uri sqlite:///$PWD/mlflow.db
-    python sweeps/kappa_tau.py --address auto --tracking-uri http://mlflow:5000 --preset paper
-    python sweeps/kappa_tau.py --smoke-test           # 4 tiny trials, well under a minute
-"""
-
-from __future__ import annotations
+"""``python sweeps/kappa_tau.py``: stAdv over kappa x tau x init x pgtol for Models A, B, C
+(see :mod:`stadv_sweeps.plans.kappa_tau`; ``--help`` lists every flag)."""
 
 import sys
 
-from grid_sweep import SweepDefaults, SweepSpec, main
-
-DEFAULTS = SweepDefaults(
-    sweep="kappa_tau",
-    description=__doc__ or "",
-    default=SweepSpec(
-        sweep="kappa_tau",
-        models=("A", "B", "C"),
-        n_images=30,
-        targets="all",
-        grid=(
-            {"kappa": [0.0, 0.5], "tau": [0.05, 5e-3, 5e-4, 1e-4, 0.0]},
-            {"init": ["gaussian"], "tau": [0.05, 5e-4]},
-            {"pgtol": [1e-7, 1e-10]},
-        ),
-    ),
-    smoke=SweepSpec(
-        sweep="kappa_tau",
-        models=("B",),
-        n_images=4,
-        targets="all",
-        fixed={"max_iterations": 20},
-        grid=({"kappa": [0.0, 0.5], "tau": [0.05, 0.0]},),
-        smoke=True,
-    ),
-)
+from stadv_sweeps.plans.kappa_tau import main
 
 if __name__ == "__main__":
-    sys.exit(main(DEFAULTS))
+    sys.exit(main())

@@ -6,13 +6,12 @@ quick-trained once into a session store. Checked: parent and child runs with the
 metrics, tags and artifacts (valid PNGs, tables that read back and agree with the metrics);
 a killed trial worker is retried; an interrupted driver resumes without duplicate runs; an
 unreachable tracking URI and a bad grid value fail in seconds before anything runs. The
-defense sweep (``sweeps/defenses.py``) logs its table of every attack against every defense.
+defense sweep (``sweeps/defense_sweep.py``) logs its table of every attack against every defense.
 A few tests import the sweep modules themselves (``sweep_modules``), as the scripts do.
 """
 
 from __future__ import annotations
 
-import importlib
 import itertools
 import json
 import math
@@ -56,15 +55,6 @@ CHILD_ARTIFACTS = (
     "attacks.parquet",
     "attacks.csv",
 )
-
-
-@pytest.fixture()
-def sweep_modules(monkeypatch: pytest.MonkeyPatch) -> Any:
-    """``import_module`` with sweeps/ on ``sys.path``, as a sweep script has it (the library
-    package ``defenses`` imported first: sweeps/defenses.py would stand in for it)."""
-    importlib.import_module("defenses")
-    monkeypatch.syspath_prepend(str(REPO / "sweeps"))
-    return importlib.import_module
 
 
 def sweep_cmd(script: str, *args: str) -> list[str]:
@@ -661,9 +651,10 @@ def test_trials_that_cannot_fit_the_cluster_fail_fast(
 
 
 def test_storage_path_uri_goes_to_tune_unchanged(
-    sweep_modules: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    tune_storage = sweep_modules("tuning").tune_storage
+    from stadv_sweeps.engine.tuning import tune_storage
+
     assert tune_storage("s3://bucket/path", "kappa_tau") == "s3://bucket/path/kappa_tau"
     assert tune_storage("gs://bucket/a/b/", "ablation") == "gs://bucket/a/b/ablation"
     monkeypatch.chdir(tmp_path)
@@ -679,8 +670,8 @@ ATTACKS = ("fgsm", "cw", "stadv")
 
 @pytest.fixture(scope="module")
 def defense_smoke(smoke_runner: Any) -> dict[str, Any]:
-    """``defenses.py --smoke-test`` once (training the smoke defenses into the session store)."""
-    return smoke_runner("defenses", "def-smoke")
+    """``defense_sweep.py --smoke-test`` once (training the smoke defenses into the session store)."""
+    return smoke_runner("defense_sweep", "def-smoke")
 
 
 @pytest.mark.slow
@@ -765,11 +756,11 @@ def test_defense_sweep_smoke_logs_the_table(defense_smoke: dict[str, Any], tmp_p
 def test_defense_sweep_bad_values_fail_before_anything_runs(
     extra: list[str], message: str, tmp_path: Path, sweep_env: dict[str, str]
 ) -> None:
-    assert_fails_before_anything_runs("defenses", extra, message, tmp_path, sweep_env)
+    assert_fails_before_anything_runs("defense_sweep", extra, message, tmp_path, sweep_env)
 
 
 def test_defense_sweep_dry_run_lists_every_combination(sweep_env: dict[str, str]) -> None:
-    proc = run(sweep_cmd("defenses", "--dry-run"), sweep_env, timeout=120)
+    proc = run(sweep_cmd("defense_sweep", "--dry-run"), sweep_env, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("54 trials")
     labels = [line.split(maxsplit=2)[2] for line in proc.stdout.splitlines()[:-1]]
@@ -777,7 +768,7 @@ def test_defense_sweep_dry_run_lists_every_combination(sweep_env: dict[str, str]
     assert labels[-1] == "B denoiser stAdv"
     proc = run(
         sweep_cmd(
-            "defenses", "--dry-run", "--models", "B", "--defenses", "pgd", "--attacks", "stadv"
+            "defense_sweep", "--dry-run", "--models", "B", "--defenses", "pgd", "--attacks", "stadv"
         ),
         sweep_env,
         timeout=120,
@@ -786,9 +777,12 @@ def test_defense_sweep_dry_run_lists_every_combination(sweep_env: dict[str, str]
     assert proc.stdout.splitlines()[0].endswith("B PGD-adv stAdv")
 
 
-def test_defense_settings_name_their_checkpoints(sweep_modules: Any) -> None:
-    cli, spec_mod = sweep_modules("cli"), sweep_modules("defense_spec")
-    plan = sweep_modules("defense_sweep").DefenseSweep("")
+def test_defense_settings_name_their_checkpoints() -> None:
+    from stadv_sweeps.engine import cli
+    from stadv_sweeps.plans import defense_spec as spec_mod
+    from stadv_sweeps.plans.defense import DefenseSweep
+
+    plan = DefenseSweep("")
     parser = cli.new_parser("defenses", "")
     plan.add_arguments(parser)
     cli.add_run_arguments(parser, "defenses")

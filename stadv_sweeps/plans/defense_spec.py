@@ -22,12 +22,13 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from spec import MODEL_COST, Point, SweepError, check_common, full_options
-from trial import ATTACKS
-
 from defenses import DEFENSES, TRAINING_VARIANTS
-from stadv.flow import check_choice
 from stadv.models import check_model_name
+from stadv.options import check_choice
+from stadv.registry import ATTACKS
+from stadv_sweeps.engine.errors import SweepError
+from stadv_sweeps.engine.spec import MODEL_COST, Point, check_common, digest, make_attack
+from stadv_sweeps.engine.spec import attack_options as spec_attack_options
 
 #: Defenses whose classifier is trained into the store (adversarial training).
 TRAINED = ("fgsm", "ensemble", "pgd")
@@ -218,18 +219,9 @@ def check_settings(s: DefenseSettings) -> None:
 
 
 def attack_options(attack: str, options: Mapping[str, Any]) -> dict[str, Any]:
-    """Every scalar option of ``attack`` (its defaults overridden by ``options``), validated by
-    the attack itself; ``SweepError`` naming a bad key or value. The pixel ``bounds`` (a pair)
-    stay at the attacks' default, [0, 1], and out of the run parameters."""
-    cls = ATTACKS[attack]
-    try:
-        if attack == "stadv":
-            return full_options(options)
-        made = cls(**options)
-    except (ValueError, TypeError) as err:
-        raise SweepError(f"invalid {attack} options {dict(options)}: {err}") from None
-    values = {f.name: getattr(made, f.name) for f in dataclasses.fields(made)}
-    return {k: v for k, v in values.items() if not isinstance(v, (tuple, list, dict))}
+    """Every option of ``attack`` (its defaults overridden by ``options``), validated once by
+    the attack's schema; ``SweepError`` naming a bad key or value."""
+    return spec_attack_options(make_attack(attack, options))
 
 
 def variant(defense: str, settings: DefenseSettings) -> str:
@@ -260,8 +252,7 @@ def trial_key(spec: DefenseSpec, model: str, defense: str, attack: str, options:
         "smoke": spec.smoke,
         "options": dict(sorted(options.items())),
     }
-    blob = json.dumps(ident, sort_keys=True).encode()
-    return hashlib.sha256(blob).hexdigest()[:16]
+    return digest(ident)
 
 
 def build_defense_points(spec: DefenseSpec) -> list[Point]:
@@ -276,7 +267,8 @@ def build_defense_points(spec: DefenseSpec) -> list[Point]:
     check_settings(spec.settings)
     if spec.eval_images is not None and spec.eval_images < 1:
         raise SweepError(f"eval_images must be >= 1 (or unset), got {spec.eval_images}")
-    options = {a: attack_options(a, spec.attack_options.get(a, {})) for a in attacks}
+    made = {a: make_attack(a, spec.attack_options.get(a, {})) for a in attacks}
+    options = {a: spec_attack_options(made[a]) for a in attacks}
     points = []
     for model in sorted(dict.fromkeys(models), key=lambda m: -MODEL_COST.get(m, 1.0)):
         for defense in defenses:
@@ -286,12 +278,11 @@ def build_defense_points(spec: DefenseSpec) -> list[Point]:
                 points.append(
                     Point(
                         model=model,
-                        options=options[attack],
+                        attack=made[attack],
                         key=key,
                         label=label,
-                        attack=attack,
                         weights=f"{model}/{defense}",
-                        params={"attack": attack, "defense": defense},
+                        params={"defense": defense},
                     )
                 )
     return points

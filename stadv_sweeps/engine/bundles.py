@@ -21,6 +21,8 @@ from typing import Any
 
 from torch import nn
 
+from defenses.blur import GaussianBlur
+from defenses.denoiser import DenoisingAutoencoder
 from stadv.models import build_model
 
 
@@ -47,16 +49,9 @@ def to_module(data: Mapping[str, Any]) -> nn.Module:
     pre = data.get("pre")
     if pre is None:
         return model.eval()
-    # Imported here, not at the top: the grid sweeps never need the `defenses` package, and
-    # in a sweep script's process the folder sweeps/ (which holds a script named defenses.py)
-    # comes first on sys.path; only the defense sweep, which loads the package first, gets here.
     if pre["kind"] == "blur":
-        from defenses.blur import GaussianBlur
-
         front: nn.Module = GaussianBlur(kernel_size=pre["kernel_size"], sigma=pre["sigma"])
     elif pre["kind"] == "denoiser":
-        from defenses.denoiser import DenoisingAutoencoder
-
         front = DenoisingAutoencoder(channels=pre["channels"], in_channels=pre["in_channels"])
         front.load_state_dict(pre["state"])
     else:

@@ -1,83 +1,107 @@
-"""Ray and Tune for the sweeps: the cluster, the workers' code, the trials' resources and
-the Tune run (one trial per point, FIFO, failed trials retried).
+"""Ray and Tune for the sweeps: the cluster, the trials' resources and the Tune run (one
+trial per point, FIFO, failed trials retried).
 
-The sweep modules are imported by the scripts as siblings (``import runner``); Ray pickles
-them by value (:func:`register_by_value`), so workers need no copy of ``sweeps/`` on their
-path and never get one (:func:`init_ray`): ``ray job submit --working-dir . -- python
-sweeps/kappa_tau.py`` works as it does locally.
+Workers import the sweep machinery by name (:mod:`stadv_sweeps` is installed with the
+project, in the image and in the virtual environment), so ``ray job submit --working-dir .
+-- python sweeps/kappa_tau.py`` works as it does locally. An embedded Ray listens on the
+loopback interface only; an ``--address`` that does not answer is an error within
+:data:`~stadv_sweeps.engine.cli.CONNECT_TIMEOUT_S` seconds, not an endless retry.
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import math
 import os
-import sys
+import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import ray
 from ray import tune
-from spec import Point, SweepError
-from trial import run_trial
 
-SWEEPS = Path(__file__).resolve().parent
+from stadv_sweeps.engine.cli import CONNECT_TIMEOUT_S
+from stadv_sweeps.engine.errors import SweepError
+from stadv_sweeps.engine.spec import Point
+from stadv_sweeps.engine.trial import run_trial
+
+#: Ray resolves the loopback address to the host's own unless its single-machine mode is on
+#: (the setting Ray itself uses on macOS and Windows): then every server of an embedded Ray
+#: (GCS, raylet, workers, agents) binds to 127.0.0.1.
+_SINGLE_MACHINE_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 @contextmanager
-def _folder_off_path(folder: Path) -> Iterator[None]:
-    """``folder`` out of ``sys.path`` for the duration (Ray copies the script's folder onto its
-    workers' path only when it is on the driver's at ``ray.init``)."""
-    saved = list(sys.path)
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != folder]
+def _single_machine() -> Iterator[None]:
+    from ray._private import ray_constants  # the flag is read from here at ray.init
+
+    saved_env = os.environ.get(_SINGLE_MACHINE_ENV)
+    saved_flag = ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[_SINGLE_MACHINE_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
     try:
         yield
     finally:
-        sys.path[:] = saved
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(_SINGLE_MACHINE_ENV, None)
+        else:
+            os.environ[_SINGLE_MACHINE_ENV] = saved_env
+
+
+def check_address(address: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """``SweepError`` naming ``address`` when nothing accepts a connection there in
+    ``timeout`` seconds (``HOST:PORT`` or ``ray://HOST:PORT``; ``auto`` is Ray's to find)."""
+    if address == "auto":
+        return
+    target = address.removeprefix("ray://").removeprefix("http://").removeprefix("https://")
+    host, sep, port = target.rstrip("/").rpartition(":")
+    if not sep or not port.isdigit():
+        raise SweepError(f"--address {address!r} is not 'auto', HOST:PORT or ray://HOST:PORT")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            pass
+    except OSError as err:
+        raise SweepError(
+            f"Ray address {address} does not answer ({err.strerror or err}; waited at most "
+            f"{timeout:g} s): start the cluster or check the address"
+        ) from None
 
 
 def init_ray(address: str | None) -> bool:
-    """Join ``address`` or start an embedded Ray sized to this machine; True if started here.
-
-    Workers get the sweep modules by value and must not get ``sweeps/`` on their path: there
-    ``defenses.py`` (a script) would stand in for the library package ``defenses``.
-    """
+    """Join ``address`` or start an embedded Ray sized to this machine, on 127.0.0.1 only;
+    True if started here."""
     if ray.is_initialized():
         return False
     kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": True}
-    with _folder_off_path(SWEEPS):
-        if address:
-            ray.init(address=address, **kwargs)
-        else:
-            cpus = (
-                len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-            )
-            ray.init(address="local", num_cpus=cpus or 1, **kwargs)
+    if address:
+        check_address(address)
+        ray.init(address=address, **kwargs)
+        return True
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    with _single_machine():
+        ray.init(address="local", num_cpus=cpus or 1, _node_ip_address="127.0.0.1", **kwargs)
     return True
 
 
-def register_by_value() -> None:
-    """Ship every sweep module (those loaded from ``sweeps/``) to the workers by value."""
-    for name, module in list(sys.modules.items()):
-        where = getattr(module, "__file__", None)
-        if name != "__main__" and where and Path(where).resolve().parent == SWEEPS:
-            ray.cloudpickle.register_pickle_by_value(module)
+def point_id(point: Point) -> str:
+    """How a trial's config names its point: ``<model>-<key>``."""
+    return f"{point.model}-{point.key}"
 
 
 def trial_name(trial: Any) -> str:
-    point = trial.config["point"]
-    return f"{point['model']}-{point['key'][:10]}"
+    return str(trial.config["point"])[:-6]  # <model>-<first 10 hex digits of the key>
 
 
 class Progress(tune.Callback):
     """Prints one line per finished, retried or failed trial (Tune calls it in the driver)."""
 
-    def __init__(self, total: int) -> None:
-        self.total = total
+    def __init__(self, labels: Mapping[str, str]) -> None:
+        self.labels = dict(labels)
+        self.total = len(labels)
         self.done = 0
         self.failed = 0
         self.started = time.perf_counter()
@@ -85,7 +109,7 @@ class Progress(tune.Callback):
     def _line(self, trial: Any, what: str, extra: str = "") -> None:
         elapsed = time.perf_counter() - self.started
         count = f"{self.done + self.failed:>3}/{self.total}"
-        label = trial.config["point"]["label"]
+        label = self.labels.get(str(trial.config["point"]), str(trial.config["point"]))
         print(f"[{count} {elapsed:6.0f} s] {what:<6} {label}{extra}", flush=True)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
@@ -117,12 +141,14 @@ def slots(cpus: float, gpus: float) -> int:
 
 
 def resources(args: argparse.Namespace) -> tuple[float, float]:
-    """(CPUs, GPUs) per trial from the command line; ``SweepError`` when no trial fits."""
+    """(CPUs, GPUs) per trial from the command line (checked before Ray started:
+    :func:`~stadv_sweeps.engine.cli.check_run_arguments`); ``SweepError`` when no trial fits
+    the cluster."""
     gpus = args.gpus_per_trial
     if gpus is None:
         gpus = 0.5 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
     if args.cpus_per_trial <= 0 and gpus <= 0:
-        raise SweepError("a trial needs some resource: --cpus-per-trial or --gpus-per-trial > 0")
+        raise SweepError("a trial needs some resource: this cluster has no GPU for it")
     if slots(args.cpus_per_trial, gpus) < 1:
         have = ray.cluster_resources()
         raise SweepError(
@@ -152,6 +178,9 @@ def run_tune(
     storage: str,
     per_trial: tuple[float, float],
 ) -> Any:
+    """One Tune trial per point (its config names the point, :func:`point_id`; the points
+    themselves, attack objects included, travel in ``data["points"]`` through Ray's object
+    store with the models and images)."""
     cpus, gpus = per_trial
     trainable = tune.with_resources(
         tune.with_parameters(run_trial, data=data), {"cpu": cpus, "gpu": gpus}
@@ -159,7 +188,7 @@ def run_tune(
     tuner = tune.Tuner(
         trainable,
         param_space={
-            "point": tune.grid_search([dataclasses.asdict(p) for p in points]),
+            "point": tune.grid_search([point_id(p) for p in points]),
             "ctx": ctx,
         },
         tune_config=tune.TuneConfig(
@@ -172,7 +201,7 @@ def run_tune(
             name=time.strftime("%Y%m%d-%H%M%S"),
             storage_path=storage,
             failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            callbacks=[Progress(len(points))],
+            callbacks=[Progress({point_id(p): p.label for p in points})],
             verbose=0,
         ),
     )

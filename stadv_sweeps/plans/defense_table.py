@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-import results
-from defense_spec import ATTACK_LABELS, DEFENSE_LABELS
 from matplotlib.figure import Figure
 from mlflow import MlflowClient
 
 from stadv import plots
+from stadv.models import PAPER_TABLE1_SUCCESS
+from stadv_sweeps.engine.report import write_tables
+from stadv_sweeps.engine.tables import SUCCESS, markdown_table, success_column
+from stadv_sweeps.plans.defense_spec import ATTACK_LABELS, DEFENSE_LABELS
 
 PAPER_NOTE = (
     "Published numbers: only stAdv's undefended success from the paper's Table 1 (Xiao et al. "
@@ -38,7 +40,7 @@ def _order(values: pd.Series, known: dict[str, str]) -> pd.Series:
 def success_table(df: pd.DataFrame) -> pd.DataFrame:
     """One row per finished trial: model, defense, attack, attacks run, success with its 95 %
     interval, the model's clean test accuracy and the paper's number where there is one."""
-    succ = results.success_column(df)
+    succ = success_column(df)
     stem = succ[: -len("_rate")]
     out = pd.DataFrame(
         {
@@ -52,9 +54,9 @@ def success_table(df: pd.DataFrame) -> pd.DataFrame:
             "test_accuracy": df["test_accuracy"].astype(float),
         }
     )
-    targeted_all = succ == results.SUCCESS and (df["targets"].astype(str) == "all").all()
+    targeted_all = succ == SUCCESS and (df["targets"].astype(str) == "all").all()
     out["paper_success"] = [
-        results.PAPER_SUCCESS.get(m, math.nan)
+        PAPER_TABLE1_SUCCESS.get(m, math.nan)
         if (a, d) == ("stadv", "none") and targeted_all
         else math.nan
         for m, d, a in zip(out["model"], out["defense"], out["attack"], strict=True)
@@ -95,7 +97,7 @@ def metrics(table: pd.DataFrame) -> dict[str, float]:
 
 
 def _heading(df: pd.DataFrame) -> str:
-    succ = results.success_column(df).replace("_", " ")
+    succ = success_column(df).replace("_", " ")
     images = int(df["n_images"].iloc[0]) if "n_images" in df else -1
     targets = str(df["targets"].iloc[0]) if "targets" in df else ""
     evaluated = df["eval_images"].iloc[0] if "eval_images" in df else "all"
@@ -139,12 +141,12 @@ def report_markdown(df: pd.DataFrame, figure_files: list[str]) -> str:
         "",
         _heading(df),
         "",
-        results.markdown_table(wide_table(table)),
+        markdown_table(wide_table(table)),
         PAPER_NOTE,
         "",
         "## All trials",
         "",
-        results.markdown_table(table),
+        markdown_table(table),
     ]
     lines += [f"![{Path(f).stem}]({f})\n" for f in figure_files]
     return "\n".join(lines)
@@ -155,7 +157,7 @@ def log_summary(client: MlflowClient, parent: Any, df: pd.DataFrame) -> None:
     table = success_table(df)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
-        results.write_tables(folder, trials=df, defense_table=table)
+        write_tables(folder, trials=df, defense_table=table)
         names = []
         for name, fig in figures(table).items():
             plots.save_png(fig, folder / "figures" / name)

@@ -10,8 +10,8 @@ its models and how to summarise its runs). The driver (the process running the s
 3. starts an embedded Ray sized to the machine, or joins ``--address``;
 4. loads every model from the model store once (training a missing one once) and puts the
    model bundles and the test images in Ray's object store, so trials need no shared disk;
-5. runs one Ray Tune trial per grid point (:func:`trial.run_trial`; FIFO: every trial runs to
-   the end), retrying a failed trial up to ``--max-failures`` times;
+5. runs one Ray Tune trial per grid point (:func:`~stadv_sweeps.engine.trial.run_trial`;
+   FIFO: every trial runs to the end), retrying a failed trial up to ``--max-failures`` times;
 6. prints and logs the plan's summary on the parent run and the ``mlflow ui`` command.
 
 The tracking store is also the sweep's memory: the parent run holds the resolved grid
@@ -20,7 +20,7 @@ and runs, in a fresh Ray Tune run, only the trials that have no FINISHED child r
 works after Ctrl-C, after a killed driver and from another machine. Ray Tune's own files go to
 ``<storage-path>/<experiment>/<time>/``; the storage path may be a URI (``s3://...``).
 
-Ray and Tune themselves are :mod:`tuning`'s.
+Ray and Tune themselves are :mod:`~stadv_sweeps.engine.tuning`'s.
 """
 
 from __future__ import annotations
@@ -33,12 +33,16 @@ from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
 import ray
-import results
-from cli import add_run_arguments, new_parser
 from mlflow import MlflowClient
-from prepare import prepare_data
-from spec import Point, SweepError
-from tracking import (
+
+from stadv.data import DataNotFoundError
+from stadv.store import CheckpointError
+from stadv_sweeps.engine.cli import add_run_arguments, check_run_arguments, new_parser
+from stadv_sweeps.engine.errors import SweepError
+from stadv_sweeps.engine.prepare import prepare_data
+from stadv_sweeps.engine.runs import runs_frame
+from stadv_sweeps.engine.spec import Point
+from stadv_sweeps.engine.tracking import (
     as_metrics,
     check_tracking,
     create_parent,
@@ -50,7 +54,14 @@ from tracking import (
     ui_command,
     versions,
 )
-from tuning import init_ray, register_by_value, resources, run_tune, slots, tune_storage
+from stadv_sweeps.engine.tuning import (
+    init_ray,
+    point_id,
+    resources,
+    run_tune,
+    slots,
+    tune_storage,
+)
 
 
 class Spec(Protocol):
@@ -67,7 +78,7 @@ class Spec(Protocol):
 
 
 class SweepPlan(Protocol):
-    """What a sweep script gives the driver (see ``grid_sweep.GridSweep``)."""
+    """What a sweep plan gives the driver (see :class:`stadv_sweeps.plans.grid.GridSweep`)."""
 
     sweep: str
     description: str
@@ -77,10 +88,10 @@ class SweepPlan(Protocol):
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
         """The "what to sweep" options (``--smoke-test`` and ``--dry-run`` among them)."""
 
-    def resolve(self, args: argparse.Namespace) -> Spec:
+    def resolve(self, args: argparse.Namespace) -> Any:
         """The spec the command line asks for (``SweepError`` naming a bad value)."""
 
-    def from_json(self, raw: Mapping[str, Any]) -> Spec:
+    def from_json(self, raw: Mapping[str, Any]) -> Any:
         """A spec saved by ``Spec.to_json`` (for ``--resume``)."""
 
     def points(self, spec: Any) -> list[Point]:
@@ -90,7 +101,8 @@ class SweepPlan(Protocol):
         """Parameters of the sweep's parent run."""
 
     def prepare_models(self, spec: Any, args: argparse.Namespace) -> dict[str, Any]:
-        """Model bundles (:mod:`bundles`) by the points' ``weights`` (or ``model``) key."""
+        """Model bundles (:mod:`~stadv_sweeps.engine.bundles`) by the points' ``weights``
+        (or ``model``) key."""
 
     def summary(self, parent: Any, df: Any) -> tuple[str, dict[str, float]]:
         """The text printed at the end and metrics for the parent run, from the runs' frame."""
@@ -102,14 +114,12 @@ class SweepPlan(Protocol):
 def main(plan: SweepPlan, argv: Sequence[str] | None = None) -> int:
     """Run a sweep script; returns the exit status: 0 done, 1 trials failed, 2 bad input,
     130 interrupted (continue with ``--resume``)."""
-    from stadv.data import DataNotFoundError
-    from stadv.store import CheckpointError
-
     parser = new_parser(plan.sweep, plan.description)
     plan.add_arguments(parser)
     add_run_arguments(parser, plan.sweep)
     args = parser.parse_args(argv)
     try:
+        check_run_arguments(args)
         return Driver(args, plan).run()
     except (SweepError, DataNotFoundError, CheckpointError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
@@ -238,8 +248,8 @@ class Driver:
         status = 0
         ran: list[dict[str, Any]] = []
         if todo:
-            register_by_value()
             refs = {
+                "points": ray.put({point_id(p): p for p in todo}),
                 "models": {m: ray.put(w) for m, w in data["models"].items()},
                 "images": ray.put(data["images"]),
             }
@@ -251,9 +261,10 @@ class Driver:
                 client.set_terminated(parent_id, "KILLED")
                 print(f"\ninterrupted; continue with:\n  {self._hint()}")
                 return 130
+            labels = {point_id(p): p.label for p in todo}
             for r in grid:
                 if r.error is not None:
-                    label = r.config["point"]["label"]
+                    label = labels.get(r.config["point"], r.config["point"])
                     print(f"trial {label} failed: {r.error!r}", file=sys.stderr)
                     status = 1
                 elif r.metrics and not r.metrics.get("reused"):
@@ -279,7 +290,7 @@ class Driver:
     ) -> None:
         """Print the tables and overhead; log the summary, figures and report on the parent."""
         parent = client.get_run(parent_id)
-        df = results.runs_frame(client, parent)
+        df = runs_frame(client, parent)
         summary: dict[str, float] = {}
         if len(df):
             text, summary = self.plan.summary(parent, df)

@@ -11,7 +11,6 @@ One parent run per sweep holds the parameters, the resolved grid (``stadv_sweep.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import platform
@@ -28,19 +27,23 @@ from typing import Any
 import mlflow
 import numpy
 import ray
-import results  # sibling module: the MLflow -> DataFrame side and the report figures
 import torch
 from mlflow import MlflowClient
 from mlflow.entities import Metric, Param, RunTag
-from spec import Point, SweepError
 
 import stadv
+from stadv_sweeps.engine.errors import ResultsError, SweepError
+from stadv_sweeps.engine.runs import find_parent, search_all
+from stadv_sweeps.engine.spec import Point
+from stadv_sweeps.engine.tags import (
+    PARENT_TAG,
+    ROLE_TAG,
+    STATE_FILE,
+    SWEEP_TAG,
+    TRIAL_KEY_TAG,
+)
 
-REPO = Path(__file__).resolve().parents[1]
-STATE_FILE = "stadv_sweep.json"
-TRIAL_KEY_TAG = results.TRIAL_KEY_TAG
-SWEEP_TAG = results.SWEEP_TAG
-PARENT_TAG = results.PARENT_TAG
+REPO = Path(__file__).resolve().parents[2]
 
 
 def resolve_tracking_uri(uri: str | None) -> str:
@@ -158,7 +161,7 @@ def child_runs(
     flt = f"tags.`{PARENT_TAG}` = '{parent_run_id}'"
     if key is not None:
         flt += f" and tags.`{TRIAL_KEY_TAG}` = '{key}'"
-    return results.search_all(client, experiment_id, flt)
+    return search_all(client, experiment_id, flt)
 
 
 def finished_keys(client: MlflowClient, exp_id: str, parent_id: str) -> set[str]:
@@ -203,7 +206,7 @@ def create_parent(
         exp_id,
         run_name=f"{sweep}-{stamp}",
         tags={
-            results.ROLE_TAG: "parent",
+            ROLE_TAG: "parent",
             SWEEP_TAG: sweep,
             "mlflow.source.name": f"sweeps/{sweep}.py",
             "mlflow.source.git.commit": git_commit(),
@@ -214,7 +217,7 @@ def create_parent(
     )
     client.log_batch(run.info.run_id, params=as_params({**params, "trials": len(points)}))
     with tempfile.TemporaryDirectory() as tmp:
-        state = {"spec": dict(spec_json), "points": [dataclasses.asdict(p) for p in points]}
+        state = {"spec": dict(spec_json), "points": [p.to_json() for p in points]}
         (Path(tmp) / STATE_FILE).write_text(json.dumps(state, indent=1))
         client.log_artifact(run.info.run_id, str(Path(tmp) / STATE_FILE))
     return client.get_run(run.info.run_id)
@@ -229,8 +232,8 @@ def find_resumable(
     Raises ``SweepError`` when there is no sweep to resume at all.
     """
     try:
-        parent = results.find_parent(client, exp_id, sweep=sweep)
-    except results.ResultsError:
+        parent = find_parent(client, exp_id, sweep=sweep)
+    except ResultsError:
         name = client.get_experiment(exp_id).name
         raise SweepError(f"nothing to resume: experiment {name!r} holds no {sweep} sweep") from None
     if parent.info.status == "FINISHED":

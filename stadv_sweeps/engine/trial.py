@@ -22,43 +22,36 @@ from typing import Any
 
 import ray
 import torch
-from bundles import to_module
 from mlflow import MlflowClient
 from ray import tune
-from tracking import (
-    PARENT_TAG,
-    SWEEP_TAG,
-    TRIAL_KEY_TAG,
-    as_metrics,
-    as_params,
-    as_tags,
-    child_runs,
-)
 
-from stadv.attack import StAdv
-from stadv.cw import CarliniWagnerL2
-from stadv.fgsm import FGSM
-from stadv.pgd import PGD
-
-#: The attacks a trial can run, by the name a point gives (all share StAdv's call API).
-ATTACKS: dict[str, type] = {"stadv": StAdv, "fgsm": FGSM, "cw": CarliniWagnerL2, "pgd": PGD}
+from stadv import plots
+from stadv.metrics import attack_table, summarize
+from stadv.models import predict
+from stadv.options import to_params
+from stadv.targets import as_target_spec
+from stadv_sweeps.engine.bundles import to_module
+from stadv_sweeps.engine.spec import Point
+from stadv_sweeps.engine.tags import PARENT_TAG, SWEEP_TAG, TRIAL_KEY_TAG
+from stadv_sweeps.engine.tracking import as_metrics, as_params, as_tags, child_runs
 
 
 def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     """One grid point: attack, log a nested MLflow child run, report metrics to Tune.
 
-    ``config["point"]`` is the trial (a :class:`spec.Point` as a dict), ``config["ctx"]`` the
-    sweep's shared settings; ``data`` holds object-store references to the model bundles and
-    the images.
+    ``config["point"]`` names the trial (``<model>-<key>``), ``config["ctx"]`` holds the
+    sweep's shared settings; ``data`` holds object-store references to the points (their
+    attack objects, validated in the driver), the model bundles and the images.
     """
-    point, ctx = config["point"], config["ctx"]
+    point: Point = ray.get(data["points"])[config["point"]]
+    ctx = config["ctx"]
     torch.set_num_threads(max(1, int(ctx["cpus_per_trial"])))
     # one "View run at <url>" line per trial from every worker would bury the progress lines
     os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
     client = MlflowClient(ctx["tracking_uri"])
     exp_id, parent = ctx["experiment_id"], ctx["parent_run_id"]
 
-    previous = child_runs(client, exp_id, parent, point["key"])
+    previous = child_runs(client, exp_id, parent, point.key)
     done = [r for r in previous if r.info.status == "FINISHED"]
     if done:  # finished before an interruption or a retry: report it, do not run it again
         run = done[0]
@@ -77,12 +70,12 @@ def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     context = tune.get_context()
     tags = {
         PARENT_TAG: parent,
-        TRIAL_KEY_TAG: point["key"],
+        TRIAL_KEY_TAG: point.key,
         SWEEP_TAG: ctx["sweep"],
         "mlflow.source.name": f"sweeps/{ctx['sweep']}.py",
         "mlflow.source.git.commit": ctx["git_commit"],
         "git_commit": ctx["git_commit"],
-        "model": point["model"],
+        "model": point.model,
         "dataset": ctx["dataset"],
         "device": f"{device} ({device_name})",
         "hostname": socket.gethostname(),
@@ -92,9 +85,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
         **{f"version.{k}": v for k, v in ctx["versions"].items()},
     }
     # tag values must be strings (the REST store rejects anything else)
-    run = client.create_run(
-        exp_id, run_name=point["label"], tags={k: str(v) for k, v in tags.items()}
-    )
+    run = client.create_run(exp_id, run_name=point.label, tags={k: str(v) for k, v in tags.items()})
     run_id = run.info.run_id
     try:
         metrics = _attack_and_log(client, run_id, point, ctx, data, device)
@@ -108,26 +99,22 @@ def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
 def _attack_and_log(
     client: Any,
     run_id: str,
-    point: dict[str, Any],
+    point: Point,
     ctx: dict[str, Any],
     data: dict[str, Any],
     device: Any,
 ) -> dict[str, float]:
-    from stadv import plots
-    from stadv.metrics import attack_table, summarize
-    from stadv.models import predict
-
     start = time.perf_counter()
-    model_name = point["model"]
-    held = ray.get(data["models"][point.get("weights") or model_name])
+    model_name = point.model
+    held = ray.get(data["models"][point.weights or model_name])
     images, labels = ray.get(data["images"])
     model = to_module(held).to(device).eval()
     images, labels = images.to(device), labels.to(device)
     clean_accuracy = float((predict(model, images) == labels).float().mean())
 
-    attack_name = point.get("attack", "stadv")
-    attack = ATTACKS[attack_name](**point["options"])
-    targets = None if ctx["targets"] == "untargeted" else ctx["targets"]
+    attack_name = point.attack_name
+    attack = point.attack
+    targets = as_target_spec(ctx["targets"])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = attack(model, images, labels, targets=targets)
@@ -138,13 +125,14 @@ def _attack_and_log(
     metrics.update(info.get("metrics", {}))
 
     params = {
-        **point["options"],
+        **to_params(attack),
+        "attack": attack_name,
         "model": model_name,
         "dataset": ctx["dataset"],
         "n_images": images.shape[0],
         "targets": ctx["targets"],
         "model_variant": ctx["variant"] or "default",
-        **point.get("params", {}),
+        **point.params,
         **info.get("params", {}),
     }
     notes = sorted({str(w.message) for w in caught})

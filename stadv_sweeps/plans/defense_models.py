@@ -22,10 +22,6 @@ import argparse
 import json
 from typing import Any
 
-from bundles import bundle
-from defense_spec import DEFENSE_LABELS, TRAINED, DefenseSpec, variant
-from prepare import SMOKE_TRAINING, SMOKE_VARIANT, stored_classifier
-from spec import SweepError
 from torch import nn
 
 from defenses.adversarial_training import (
@@ -40,6 +36,10 @@ from stadv.data import TensorData, load_tensors
 from stadv.models import MODELS, check_model_name
 from stadv.store import CheckpointInfo, checkpoint_path
 from stadv.train import default_recipe, evaluate
+from stadv_sweeps.engine.bundles import bundle
+from stadv_sweeps.engine.errors import SweepError
+from stadv_sweeps.engine.prepare import SMOKE_TRAINING, SMOKE_VARIANT, stored_classifier
+from stadv_sweeps.plans.defense_spec import DEFENSE_LABELS, TRAINED, DefenseSpec, variant
 
 DENOISER_CHANNELS = 32
 

@@ -7,12 +7,13 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from bundles import bundle
-from spec import SweepError
 from torch import nn
 
+from stadv.data import load_tensors
 from stadv.models import check_model_name
 from stadv.store import CheckpointInfo, checkpoint_path, load_checkpoint, train_and_store
+from stadv_sweeps.engine.bundles import bundle
+from stadv_sweeps.engine.errors import SweepError
 
 #: Smoke tests' undefended models: one epoch on 2,000 images, stored as variant "smoke" so a
 #: quick model never stands in for a fully trained one.
@@ -22,8 +23,6 @@ SMOKE_TRAINING: dict[str, Any] = {"epochs": 1, "train_limit": 2000}
 
 def prepare_data(dataset: str, n_images: int, data_dir: str | None) -> tuple[Any, Any]:
     """The first ``n_images`` test images and labels (raises naming the missing data)."""
-    from stadv.data import load_tensors
-
     test = load_tensors(dataset, split="test", data_dir=data_dir)
     if n_images > len(test):
         raise SweepError(f"n_images={n_images} but the {dataset} test split has {len(test)}")
