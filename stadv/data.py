@@ -18,7 +18,8 @@ What is verified, and when (the digests are :data:`KNOWN_FILES`, the one copy in
 - **At the end of an install** (from a source or a download), the four uncompressed files on
   disk; only then is the folder renamed into ``<root>/<Class>/raw`` with a marker
   (:data:`MARKER`) that records each file's size, modification time and SHA-256. A failed
-  install leaves nothing behind: no partial file, no new folder.
+  install leaves nothing behind: no partial file, no new folder (a *killed* one leaves its
+  ``.install-*`` folder, which the next install removes once it is a day old).
 - **On every load** (:func:`ensure_data`, hence :func:`load_dataset` and :func:`load_tensors`),
   the installed root cheaply: the marker's digests must be the known ones and each file's size
   and modification time must be the marker's (four ``stat`` calls). A root without a marker,
@@ -39,6 +40,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 import warnings
 import zlib
 from collections.abc import Callable, Mapping
@@ -65,6 +67,7 @@ IDX_FILES: tuple[str, ...] = (
 MARKER = ".stadv-verified.json"
 _MARKER_FORMAT = 1
 _CHUNK = 1 << 20
+_STALE_INSTALL_S = 24 * 3600.0
 
 
 @dataclass(frozen=True)
@@ -410,6 +413,7 @@ def _install(name: DatasetName, root: Path, populate: Callable[[Path], Path]) ->
     raw = raw_folder(name, root)
     created = [p for p in (raw.parent, *raw.parent.parents) if not p.exists()]
     raw.parent.mkdir(parents=True, exist_ok=True)
+    _remove_stale_installs(raw.parent)
     tmp = Path(tempfile.mkdtemp(prefix=".install-", dir=raw.parent))
     try:
         built = populate(tmp)
@@ -434,6 +438,17 @@ def _install(name: DatasetName, root: Path, populate: Callable[[Path], Path]) ->
         raise
     shutil.rmtree(tmp, ignore_errors=True)
     return raw
+
+
+def _remove_stale_installs(parent: Path) -> None:
+    """Remove temporary folders of installs killed over a day ago (a kill skips the cleanup);
+    younger ones may belong to an install still running in another process."""
+    for folder in parent.glob(".install-*"):
+        try:
+            if time.time() - folder.stat().st_mtime > _STALE_INSTALL_S:
+                shutil.rmtree(folder, ignore_errors=True)
+        except OSError:
+            pass
 
 
 def _rename_into_place(name: DatasetName, root: Path, built: Path, *, aside: Path) -> None:
@@ -570,6 +585,8 @@ def load_dataset(
     download: bool = True,
 ) -> datasets.MNIST:
     """The torchvision dataset (``MNIST`` or ``FashionMNIST``) for one split.
+
+    The files are verified (or installed) first by :func:`ensure_data`, with the same arguments.
 
     Its items are ``(image, label)`` with ``image`` a float tensor (1, 28, 28) in [0, 1].
     """

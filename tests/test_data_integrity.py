@@ -12,6 +12,7 @@ import hashlib
 import os
 import pickle
 import threading
+import time
 from collections.abc import Callable, Iterator
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -211,6 +212,19 @@ def test_root_without_marker_is_hashed_once_then_trusted(tmp_path: Path, data_so
     raw = raw_folder("mnist", ensure_data("mnist", data_dir=root, source_dir=data_source))
     (raw / MARKER).unlink()
     assert is_installed("mnist", root) and (raw / MARKER).is_file()
+
+
+def test_temporary_folders_of_killed_installs_are_removed_after_a_day(
+    tmp_path: Path, data_source: Path
+) -> None:
+    parent = tmp_path / "root" / "MNIST"
+    stale, recent = parent / ".install-killed", parent / ".install-running"
+    for folder in (stale, recent):
+        (folder / "raw").mkdir(parents=True)
+    two_days_ago = time.time() - 2 * 24 * 3600
+    os.utime(stale, (two_days_ago, two_days_ago))
+    ensure_data("mnist", data_dir=tmp_path / "root", source_dir=data_source, download=False)
+    assert sorted(p.name for p in parent.iterdir()) == [".install-running", "raw"]
 
 
 def test_a_concurrent_good_install_is_kept(
