@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import os
-from typing import Literal, get_args
 
 import torch
 from torch import nn
@@ -25,21 +24,18 @@ from defenses.adversarial_training import (
 )
 from defenses.blur import GaussianBlur
 from defenses.denoiser import DenoisingAutoencoder, load_denoiser, train_denoiser
+from defenses.registry import DEFENSES as REGISTRY
+from defenses.registry import defense_class
 from stadv.devices import resolve_device
-from stadv.flow import check_choice
+from stadv.options import check_choice, options
 
-TrainingDefense = Literal["none", "fgsm", "pgd", "ensemble"]
-Defense = Literal["none", "fgsm", "pgd", "ensemble", "blur", "denoiser"]
-TRAINING_DEFENSES: tuple[str, ...] = get_args(TrainingDefense)
-DEFENSES: tuple[str, ...] = get_args(Defense)
+#: Every defense by name (:mod:`defenses.registry`), and those that train the classifier
+#: (``stadv train --defense``; ``"none"`` trains the undefended one).
+DEFENSES: tuple[str, ...] = tuple(REGISTRY)
+TRAINING_DEFENSES: tuple[str, ...] = ("none", *(n for n, c in REGISTRY.items() if c.trains))
 
 #: Store variant of each adversarially trained model: ``<dataset>-<model>-<variant>.pt``.
-TRAINING_VARIANTS: dict[str, str] = {
-    "none": "",
-    "fgsm": "adv-fgsm",
-    "pgd": "adv-pgd",
-    "ensemble": "adv-ensemble",
-}
+TRAINING_VARIANTS: dict[str, str] = {n: REGISTRY[n].store_variant for n in TRAINING_DEFENSES}
 
 __all__ = [
     "DEFENSES",
@@ -91,16 +87,17 @@ def defended_model(
     Raises:
         ValueError: an unknown defense (the message lists them) or bad blur parameters.
     """
-    from stadv.store import checkpoint_path, load_checkpoint, load_pretrained
+    from defenses.base import DefenseContext
+    from stadv.store import CheckpointError, checkpoint_path, load_checkpoint, load_pretrained
 
     key = check_choice("defense", defense, DEFENSES)
     dev = resolve_device(device)
-    blur = GaussianBlur(kernel_size=blur_kernel_size, sigma=blur_sigma) if key == "blur" else None
-    if key in ("fgsm", "pgd", "ensemble"):
-        path = checkpoint_path(name, dataset, store=store, variant=TRAINING_VARIANTS[key])
+    cls = defense_class(key)
+    given = {"kernel_size": blur_kernel_size, "sigma": blur_sigma}
+    made = cls(**{k: v for k, v in given.items() if k in options(cls)})
+    if cls.trains:
+        path = checkpoint_path(name, dataset, store=store, variant=cls.store_variant)
         if not path.is_file():
-            from stadv.store import CheckpointError
-
             raise CheckpointError(
                 f"no adversarially trained model at {path}; run "
                 f"`stadv train --model {name} --dataset {dataset} --defense {key}`"
@@ -115,11 +112,10 @@ def defended_model(
         device=dev,
         train_if_missing=train_if_missing,
     )
-    if key == "none":
-        return base
-    pre: nn.Module = (
-        blur
-        if blur is not None
-        else load_denoiser(dataset, store=store, variant=denoiser_variant, device=dev)
+    ctx = DefenseContext(
+        dataset=dataset, store=store, data_dir=data_dir, variant=denoiser_variant, train=False
     )
-    return nn.Sequential(pre, base).to(dev).eval()
+    front = made.front(ctx)
+    if front is None:
+        return base
+    return nn.Sequential(front, base).to(dev).eval()

@@ -21,21 +21,20 @@ graph; the losses themselves are evaluated in the caller's (training) mode.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, ClassVar, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stadv.attack_common import (
-    check_bounds,
-    check_int,
-    check_real,
-    loss_ascent_gradient,
-    prepared_model,
-)
+from defenses.base import DefenseContext, Training, option_values, store_variant
+from stadv.attack_common import loss_ascent_gradient, prepared_model
+from stadv.models import MODELS, check_model_name
+from stadv.options import check_bounds, check_int, check_real
 from stadv.pgd import PGD
+from stadv.train import TrainLoss
 
 __all__ = [
     "EnsembleAdversarialLoss",
@@ -231,3 +230,133 @@ class PGDAdversarialLoss:
     ) -> torch.Tensor:
         adv = self.attack(model, images, labels).adv_images
         return _mix(model, images, adv, labels, self.adv_weight)
+
+
+# ---------------------------------------------------------------------------------------------
+# The adversarial-training defenses, as the registry (defenses.registry) builds them
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class _AdversarialTraining:
+    """Options every adversarial-training defense shares: the training set and schedule."""
+
+    epsilon: float = 0.3
+    train_limit: int | None = None
+    epochs: int | None = None
+    seed: int = 0
+
+    store_variant: ClassVar[str] = ""
+    trains: ClassVar[bool] = True
+
+    def _check(self) -> None:
+        check_real("epsilon", self.epsilon)
+        if self.train_limit is not None:
+            check_int("train_limit", self.train_limit, low=1)
+        if self.epochs is not None:
+            check_int("epochs", self.epochs, low=1)
+        check_int("seed", self.seed, low=0)
+
+    def front(self, ctx: DefenseContext) -> nn.Module | None:
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        return option_values(self)
+
+    def _training(self, loss: TrainLoss, params: dict[str, Any], ctx: DefenseContext) -> Training:
+        return Training(
+            loss_fn=loss,
+            variant=store_variant(self, ctx.variant),  # type: ignore[arg-type]
+            params=params,
+            epochs=self.epochs,
+            train_limit=self.train_limit,
+            seed=self.seed,
+        )
+
+
+def _loss_params(loss: Any) -> dict[str, Any]:
+    """A training loss's settings as the sidecar records them (tuples as lists)."""
+    return {
+        f.name: list(v) if isinstance(v, tuple) else v
+        for f in dataclasses.fields(loss)
+        if not isinstance(v := getattr(loss, f.name), tuple) or f.name == "bounds"
+    }
+
+
+@dataclass(frozen=True, kw_only=True)
+class FGSMTraining(_AdversarialTraining):
+    """FGSM adversarial training (:class:`FGSMAdversarialLoss`, half clean, half adversarial)
+    from scratch: ``epsilon`` [0.3], ``train_limit`` [None: all images], ``epochs`` [None: the
+    model's recipe], ``seed`` [0]. Stored as ``<dataset>-<model>-adv-fgsm[-<variant>]``."""
+
+    name: ClassVar[str] = "fgsm"
+    label: ClassVar[str] = "FGSM-adv"
+    store_variant: ClassVar[str] = "adv-fgsm"
+
+    def __post_init__(self) -> None:
+        self._check()
+
+    def training(self, model: str, ctx: DefenseContext) -> Training | None:
+        loss = FGSMAdversarialLoss(epsilon=self.epsilon)
+        return self._training(loss, _loss_params(loss), ctx)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnsembleTraining(_AdversarialTraining):
+    """Ensemble adversarial training (:class:`EnsembleAdversarialLoss`): FGSM examples from the
+    model itself or one of ``static_models`` (undefended, pre-trained; None: the other
+    architectures), plus the options of :class:`FGSMTraining`."""
+
+    name: ClassVar[str] = "ensemble"
+    label: ClassVar[str] = "ensemble-adv"
+    store_variant: ClassVar[str] = "adv-ensemble"
+
+    static_models: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        self._check()
+        if self.static_models is not None:
+            names = tuple(check_model_name(m) for m in self.static_models)
+            if not names:
+                raise ValueError("static_models must name at least one model")
+            object.__setattr__(self, "static_models", names)
+
+    def static_names(self, model: str) -> list[str]:
+        """The static models for ``model`` (default: the other architectures)."""
+        if self.static_models is not None:
+            return list(self.static_models)
+        return [m for m in MODELS if m != check_model_name(model)]
+
+    def training(self, model: str, ctx: DefenseContext) -> Training | None:
+        if ctx.classifier is None:
+            raise ValueError("ensemble training needs a way to load its static models")
+        names = self.static_names(model)
+        loss = EnsembleAdversarialLoss(
+            static_models=tuple(ctx.classifier(m) for m in names), epsilon=self.epsilon
+        )
+        return self._training(loss, {**_loss_params(loss), "static_models": names}, ctx)
+
+
+@dataclass(frozen=True, kw_only=True)
+class PGDTraining(_AdversarialTraining):
+    """PGD adversarial training (:class:`PGDAdversarialLoss`): ``steps`` [40] of ``alpha``
+    [0.01] in the ``epsilon`` ball, ``adv_weight`` [1.0: Madry et al.'s adversarial-only
+    loss] of the loss on the adversarial examples, plus the options of :class:`FGSMTraining`."""
+
+    name: ClassVar[str] = "pgd"
+    label: ClassVar[str] = "PGD-adv"
+    store_variant: ClassVar[str] = "adv-pgd"
+
+    steps: int = 40
+    alpha: float = 0.01
+    adv_weight: float = 1.0
+
+    def __post_init__(self) -> None:
+        self._check()
+        check_int("steps", self.steps, low=1)
+        check_real("alpha", self.alpha, strict=True)
+        _check_weight(self.adv_weight)
+
+    def training(self, model: str, ctx: DefenseContext) -> Training | None:
+        loss = PGDAdversarialLoss(
+            epsilon=self.epsilon, alpha=self.alpha, steps=self.steps, adv_weight=self.adv_weight
+        )
+        return self._training(loss, _loss_params(loss), ctx)

@@ -14,11 +14,15 @@ Example::
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stadv.attack_common import check_int, check_real
+from defenses.base import DefenseContext, Training, option_values
+from stadv.options import check_int, check_real
 
 
 def gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:
@@ -66,3 +70,29 @@ class GaussianBlur(nn.Module):
         x = F.pad(images, (r, r, r, r), mode="reflect")
         x = F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, self.kernel_size), groups=c)
         return F.conv2d(x, k.view(1, 1, -1, 1).expand(c, 1, self.kernel_size, 1), groups=c)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BlurDefense:
+    """The Gaussian blur defense: :class:`GaussianBlur` (``kernel_size`` [3], ``sigma`` [1.0])
+    in front of the undefended classifier; nothing is trained or stored."""
+
+    name: ClassVar[str] = "blur"
+    label: ClassVar[str] = "blur"
+    store_variant: ClassVar[str] = ""
+    trains: ClassVar[bool] = False
+
+    kernel_size: int = 3
+    sigma: float = 1.0
+
+    def __post_init__(self) -> None:
+        GaussianBlur(kernel_size=self.kernel_size, sigma=self.sigma)  # checks both
+
+    def training(self, model: str, ctx: DefenseContext) -> Training | None:
+        return None
+
+    def front(self, ctx: DefenseContext) -> nn.Module | None:
+        return GaussianBlur(kernel_size=self.kernel_size, sigma=self.sigma)
+
+    def identity(self) -> dict[str, Any]:
+        return option_values(self)

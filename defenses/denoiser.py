@@ -28,14 +28,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stadv.attack_common import check_int, check_real
-from stadv.data import TensorData
+from defenses.base import DefenseContext, Training, check_recorded, option_values, store_variant
+from stadv.data import TensorData, ensure_data, load_tensors
+from stadv.devices import resolve_device
+from stadv.options import check_int, check_real
 from stadv.store import (
     CheckpointError,
     artifact_path,
@@ -47,6 +49,7 @@ from stadv.train import DEFAULT_BATCH_SIZE, DEFAULT_LR, TrainReport, train_model
 
 DEFAULT_NOISE_STD = 0.1
 DEFAULT_DENOISER_EPOCHS = 5
+DEFAULT_DENOISER_CHANNELS = 32
 
 
 class DenoisingAutoencoder(nn.Module):
@@ -255,3 +258,126 @@ def load_denoiser(
     except (RuntimeError, KeyError) as err:
         raise CheckpointError(f"checkpoint {path} does not fit the denoiser: {err}") from err
     return model.to(device).eval()
+
+
+def train_and_store_denoiser(
+    dataset: str = "mnist",
+    *,
+    store: str | os.PathLike[str] | None = None,
+    variant: str = "",
+    data_dir: str | os.PathLike[str] | None = None,
+    noise_std: float = DEFAULT_NOISE_STD,
+    epochs: int = DEFAULT_DENOISER_EPOCHS,
+    channels: int = DEFAULT_DENOISER_CHANNELS,
+    train_limit: int | None = None,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = False,
+) -> tuple[DenoisingAutoencoder, dict[str, Any]]:
+    """Train a denoiser on the first ``train_limit`` training images (None: all), measure its
+    test error, and save it to the store as ``<dataset>-denoiser[-<variant>].pt``.
+
+    Returns the model (eval mode) and its sidecar (noise, epochs, seed, training images and
+    seconds, per-epoch losses, test MSE of the noisy and the denoised images).
+    """
+    check_real("noise_std", noise_std)
+    check_int("epochs", epochs, low=1)
+    check_int("channels", channels, low=1)
+    if train_limit is not None:
+        check_int("train_limit", train_limit, low=1)
+    dev = resolve_device(device)
+    ensure_data(dataset, data_dir=data_dir)
+    train = load_tensors(dataset, split="train", data_dir=data_dir)
+    if train_limit is not None:
+        train = train.slice(0, train_limit)
+    test = load_tensors(dataset, split="test", data_dir=data_dir)
+    model, report = train_denoiser(
+        train,
+        noise_std=noise_std,
+        channels=channels,
+        epochs=epochs,
+        seed=seed,
+        device=dev,
+        progress=progress,
+    )
+    noisy, denoised = denoising_error(model, test, noise_std=noise_std, seed=seed)
+    meta = save_denoiser(
+        model,
+        dataset=dataset,
+        store=store,
+        variant=variant,
+        meta={
+            "noise_std": noise_std,
+            "epochs": epochs,
+            "seed": seed,
+            "train_images": len(train),
+            "train_seconds": report.seconds,
+            "epoch_losses": list(report.losses),
+            "test_noisy_mse": noisy,
+            "test_denoised_mse": denoised,
+        },
+    )
+    return model, meta
+
+
+@dataclass(frozen=True, kw_only=True)
+class DenoiserDefense:
+    """The denoising-autoencoder defense (MagNet-style reformer) in front of the undefended
+    classifier: trained once with noise ``noise_std`` [0.1] for ``epochs`` [5] on the first
+    ``train_limit`` [None: all] training images (``seed`` [0], ``channels`` [32]) and stored
+    as ``<dataset>-denoiser[-<variant>].pt``; a stored one trained otherwise is an error."""
+
+    name: ClassVar[str] = "denoiser"
+    label: ClassVar[str] = "denoiser"
+    store_variant: ClassVar[str] = ""
+    trains: ClassVar[bool] = False
+
+    epochs: int = DEFAULT_DENOISER_EPOCHS
+    train_limit: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("epochs", self.epochs, low=1)
+        if self.train_limit is not None:
+            check_int("train_limit", self.train_limit, low=1)
+        check_int("seed", self.seed, low=0)
+
+    def training(self, model: str, ctx: DefenseContext) -> Training | None:
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        return option_values(self)
+
+    def front(self, ctx: DefenseContext) -> nn.Module | None:
+        variant = store_variant(self, ctx.variant)
+        path = denoiser_path(ctx.dataset, store=ctx.store, variant=variant)
+        if not ctx.train:
+            return load_denoiser(ctx.dataset, store=ctx.store, variant=variant)
+        if not path.is_file():
+            train_and_store_denoiser(
+                ctx.dataset,
+                store=ctx.store,
+                variant=variant,
+                data_dir=ctx.data_dir,
+                noise_std=DEFAULT_NOISE_STD,
+                epochs=self.epochs,
+                channels=DEFAULT_DENOISER_CHANNELS,
+                train_limit=self.train_limit,
+                seed=self.seed,
+                device=ctx.device,
+                progress=ctx.progress,
+            )
+        model = load_denoiser(ctx.dataset, store=ctx.store, variant=variant)
+        _, meta = load_module_state(path, map_location="cpu")
+        n_train = len(load_tensors(ctx.dataset, split="train", data_dir=ctx.data_dir))
+        expected = {
+            "epochs": self.epochs,
+            "train_images": n_train if self.train_limit is None else min(self.train_limit, n_train),
+            "seed": self.seed,
+            "noise_std": DEFAULT_NOISE_STD,
+            "channels": DEFAULT_DENOISER_CHANNELS,
+        }
+        recorded = {k: meta.get(k) for k in expected}
+        recorded["channels"] = model.channels
+        check_recorded(str(path), recorded, expected)
+        return model
