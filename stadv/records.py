@@ -235,14 +235,17 @@ def record_from_summary(
     run, the untargeted ones. Every other finite number of the summary goes into ``stats``.
     """
     n = int(summary["attacks"])
-    key = "targeted_success_rate" if "targeted_success_rate" in summary else None
-    key = key or "untargeted_success_rate"
+    targeted = summary.get("targeted_success_rate", math.nan)
+    key = "targeted_success_rate" if math.isfinite(targeted) else "untargeted_success_rate"
     successes = round(float(summary[key]) * n)
-    skip = _SUMMARY_FIELDS | ({key, key.replace("rate", "ci_low"), key.replace("rate", "ci_high")})
+    skip = _SUMMARY_FIELDS | {key, key.replace("rate", "ci_low"), key.replace("rate", "ci_high")}
     stats = {
         k: float(v)
         for k, v in summary.items()
-        if k not in skip and isinstance(v, (int, float)) and math.isfinite(v)
+        if k not in skip
+        and isinstance(v, (int, float))
+        and not isinstance(v, bool)
+        and math.isfinite(v)
     }
     seconds = summary.get("seconds")
     return make_record(
