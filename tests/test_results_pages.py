@@ -25,7 +25,9 @@ from stadv.models import PAPER_ACCURACY, PAPER_TABLE1_SUCCESS
 from stadv.records import (
     Machine,
     Record,
+    git_commit,
     load_records,
+    machine_info,
     make_record,
     record_from_summary,
     write_record,
@@ -187,6 +189,17 @@ def test_record_from_summary() -> None:
         untargeted, what="w", command="c", commit="x", date="d", machine=MACHINE
     )
     assert (rec_u.n, rec_u.successes) == (18, 18)
+
+
+def test_a_live_record_names_this_machine_and_commit() -> None:
+    import torch
+
+    machine = machine_info("cpu")
+    assert machine.gpu is None and machine.torch == torch.__version__
+    assert machine.threads == torch.get_num_threads() and machine.cpu
+    rec = make_record(what="w", command="c", n=2, successes=1)
+    assert rec.commit == git_commit() != "unknown"
+    assert rec.date.endswith("+00:00") and rec.machine.cpu == machine.cpu
 
 
 # ------------------------------------------------------------------------- benchmarks write records
