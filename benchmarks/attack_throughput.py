@@ -29,7 +29,8 @@ machine lower it) as the matmul peak and reports the fraction of it that the ``l
 model forward+backward passes reach (per wall second and per CPU second; convolutions run in
 oneDNN, ``torch.mm`` in the BLAS, so an efficient model can exceed this "peak"). ``--json PATH``
 writes it all with the environment, plus ``speedup_vs_advertorch`` (our attacks/s over
-advertorch's), the other speedups, and the same ratios on CPU time.
+advertorch's), the other speedups, and the same ratios on CPU time. ``--record FOLDER`` writes
+one record per method (:mod:`stadv.records`, the format of ``results/``).
 
     python benchmarks/attack_throughput.py --model A --n-images 20 --json throughput_A.json
 
@@ -68,11 +69,14 @@ import json
 import math
 import os
 import platform
+import shlex
+import sys
 import time
 import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -90,6 +94,7 @@ from stadv.data import load_tensors
 from stadv.devices import resolve_device
 from stadv.flow import flow_loss, warp
 from stadv.metrics import wilson_interval
+from stadv.records import machine_info, make_record, write_record
 from stadv.store import load_pretrained
 from stadv.targets import expand_targets
 
@@ -506,6 +511,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--repeats", type=int, default=1, help="timed runs per method (round-robin; fastest kept)"
     )
     p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--record", default=None, help="write one record per method into this folder")
     args = p.parse_args(argv)
     for name in ("n_images", "max_iterations", "batch_size", "threads", "matmul_size", "repeats"):
         if getattr(args, name) < 1:
@@ -528,7 +534,44 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
+    if args.record:
+        argv_used = list(sys.argv[1:] if argv is None else argv)
+        command = shlex.join(["python", "benchmarks/attack_throughput.py", *argv_used])
+        write_records(report, Path(args.record), command, device)
     return report
+
+
+def write_records(report: dict[str, Any], folder: Path, command: str, device: torch.device) -> None:
+    """One record per method: its success over the attacks, throughput and ratios as statistics."""
+    env = report["environment"]
+    machine = machine_info(device)
+    for row in report["rows"]:
+        method = row["method"]
+        ratios = report if method == "lbfgs" else report.get(method.replace("-", "_"), {})
+        stats = {
+            key: float(value)
+            for key, value in {**row, **ratios}.items()
+            if key not in ("attacks", "successes", "seconds")
+            and isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and math.isfinite(value)
+        }
+        write_record(
+            make_record(
+                what=f"Attack throughput, method {method}: Model {env['model']}, test images "
+                f"0-{env['n_images'] - 1}, {env['targets']} targets ({row['attacks']} attacks), "
+                f"tau {env['tau']}, kappa {env['kappa']}, at most {env['max_iterations']} "
+                f"iterations, {env['threads']} thread(s), {env['device']}",
+                command=command,
+                n=int(row["attacks"]),
+                successes=int(row["successes"]),
+                seconds=float(row["seconds"]),
+                stats=stats,
+                tags={"model": str(env["model"]), "method": method},
+                machine=machine,
+            ),
+            folder / f"{env['model']}-{method}.json",
+        )
 
 
 def benchmark(args: argparse.Namespace, device: torch.device, methods: list[str]) -> dict[str, Any]:

@@ -9,9 +9,10 @@ which decides attacks that end on the decision boundary), mean L_flow, iteration
 (``success_margin`` 1e-3); ``eq5-bare`` accepts any argmax success (``success_margin=0``); ``eq5-strong`` uses SciPy's
 strong Wolfe line search instead of the default weak one; ``eq5-no-restart`` solves each attack once
 (no Gaussian restart of the failed ones); ``default-keep-last-no-restart`` returns L-BFGS's last
-iterate and solves each attack once. ``--json`` is rewritten after every row.
+iterate and solves each attack once. ``--json`` is rewritten after every row; ``--record FOLDER``
+writes one record per row (:mod:`stadv.records`, the format of ``results/``) as it finishes.
 
-    python benchmarks/table1.py --models A B C --n-images 100 --json table1.json
+    python benchmarks/table1.py --models A B C --n-images 100 --json table1.json --record out/
 
 Models come from the model store (trained first if missing). tau and kappa stay the paper's.
 """
@@ -22,7 +23,10 @@ import argparse
 import json
 import os
 import platform
+import shlex
+import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,10 +35,10 @@ from stadv.attack import StAdv
 from stadv.data import load_tensors
 from stadv.devices import resolve_device
 from stadv.metrics import summarize, wilson_interval
+from stadv.models import PAPER_TABLE1_SUCCESS as PAPER
 from stadv.models import predict
+from stadv.records import machine_info, record_from_summary, write_record
 from stadv.store import load_pretrained
-
-PAPER = {"A": 0.9995, "B": 0.9998, "C": 1.0}
 
 READINGS: dict[str, dict[str, Any]] = {
     "eq4": {"flow_loss": "eq4"},
@@ -69,6 +73,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--store", default=None, help="model store (default ~/.cache/stadv/models)")
     p.add_argument("--data-dir", default=None, help="data root (default: the library's)")
     p.add_argument("--json", default=None, help="write the rows here (after every row)")
+    p.add_argument("--record", default=None, help="write one record per row into this folder")
     args = p.parse_args(argv)
     if args.n_images < 1:
         p.error(f"--n-images must be >= 1, got {args.n_images}")
@@ -79,6 +84,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    command = shlex.join(
+        ["python", "benchmarks/table1.py", *(sys.argv[1:] if argv is None else argv)]
+    )
     if args.threads:
         torch.set_num_threads(args.threads)
     device = resolve_device(args.device)
@@ -142,6 +150,20 @@ def main(argv: list[str] | None = None) -> None:
                 f"{s['mean_flow_loss']:8.3f} {s['mean_iterations']:7.1f} {s['seconds']:7.1f}",
                 flush=True,
             )
+            if args.record:
+                last = args.start + args.n_images - 1
+                write_record(
+                    record_from_summary(
+                        {**summarize(result), "successes_judged_alone": float(hits)},
+                        what=f"Table 1 reading {reading}: targeted success of stAdv on MNIST Model "
+                        f"{name}, test images {args.start}-{last} x 9 targets, tau 0.05, kappa 0",
+                        command=command,
+                        paper=PAPER[name],
+                        tags={"model": name, "reading": reading, "images": str(args.n_images)},
+                        machine=machine_info(device),
+                    ),
+                    Path(args.record) / f"{name}-{reading}-{args.start}-{last}.json",
+                )
             if args.json:  # after every row: a long run keeps what it measured
                 _write_json(args.json, {"environment": env, "rows": rows})
 

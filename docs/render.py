@@ -1,0 +1,388 @@
+"""Write the results tables of README.md and docs/*.md from the records in results/.
+
+Each table sits between two markers in a page::
+
+    <!-- results:table1 -->
+    | model | ... |
+    <!-- /results:table1 -->
+
+and this script replaces what is between them with the table the records give (the paper's
+values come from :mod:`stadv.models`, the intervals from each record). Run it after adding or
+changing a record; ``--check`` changes nothing and exits 1 with a diff when a page differs from
+what the records give (``tests/test_results_pages.py`` runs it so).
+
+    python docs/render.py            # rewrite the tables in place
+    python docs/render.py --check    # CI: are the committed pages up to date?
+"""
+
+from __future__ import annotations
+
+import argparse
+import difflib
+import re
+import sys
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from stadv.models import PAPER_ACCURACY, PAPER_TABLE1_SUCCESS
+from stadv.records import Record, load_records
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = ("README.md", "docs/reproduction.md", "docs/defenses.md", "docs/performance.md")
+MARKER = re.compile(
+    r"(?P<open><!-- results:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(?P<close><!-- /results:(?P=name) -->)",
+    re.DOTALL,
+)
+MODELS = ("A", "B", "C")
+
+Records = Mapping[str, Record]
+
+
+# ------------------------------------------------------------------------- cell formats
+
+
+def pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.2f} %"
+
+
+def rate(rec: Record) -> str:
+    """``99.89 % [99.37, 99.98]``: the rate with its Wilson 95 % interval where n is known."""
+    if rec.ci_low is None or rec.ci_high is None:
+        return pct(rec.rate)
+    return f"{pct(rec.rate)} [{100 * rec.ci_low:.2f}, {100 * rec.ci_high:.2f}]"
+
+
+def num(value: float) -> str:
+    return f"{value:,.0f}" if value >= 10_000 else f"{value:.4g}"
+
+
+def stat(rec: Record, key: str, fmt: str) -> str | None:
+    """``fmt`` with the statistic filled in, or None when the record lacks it."""
+    return fmt.format(num(rec.stats[key])) if key in rec.stats else None
+
+
+def alone(rec: Record) -> str:
+    """The success rate with every returned image re-judged alone (a batch of one)."""
+    if "successes_judged_alone" not in rec.stats or rec.n is None:
+        return "n/a"
+    return pct(rec.stats["successes_judged_alone"] / rec.n)
+
+
+def attack_cell(rec: Record) -> str:
+    """Success, then the attack's cost: mean L_flow, iterations, restarts, the iteration limit."""
+    parts = [
+        stat(rec, "mean_flow_loss", "L_flow {}"),
+        stat(rec, "mean_iterations", "{} it"),
+        stat(rec, "restarted_attacks", "{} restarted"),
+        stat(rec, "attacks_at_iteration_limit", "{} at the limit"),
+        f"{num(rec.seconds)} s" if rec.seconds is not None else None,
+    ]
+    return ", ".join([rate(rec), *[p for p in parts if p is not None]])
+
+
+def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def by_model(recs: Records, rows: Sequence[tuple[str, str]], cell: Callable[[Record], str]) -> str:
+    """Rows of (label, key pattern with ``{m}``), one column per model; "not run" where absent."""
+    out = []
+    for label, pattern in rows:
+        keys = [pattern.format(m=m) for m in MODELS]
+        out.append([label, *[cell(recs[k]) if k in recs else "not run" for k in keys]])
+    return table(["setting", *MODELS], out)
+
+
+# ------------------------------------------------------------------------- the tables
+
+
+def table1(recs: Records) -> str:
+    rows = [
+        [
+            f"Model {m}",
+            pct(PAPER_TABLE1_SUCCESS[m]),
+            rate(recs[f"table1/{m}-100"]),
+            rate(recs[f"table1/{m}-1000"]),
+        ]
+        for m in MODELS
+    ]
+    head = ["model", "paper (Table 1)", "ours, 100 images x 9 targets", "ours, 1,000 images x 9"]
+    return table(head, rows)
+
+
+def readings(recs: Records) -> str:
+    rows = [
+        (
+            "**default**: Eq. 5, pixels, zero init, keep best, weak Wolfe, 1 restart",
+            "table1/{m}-100",
+        ),
+        ("default, `restarts=0`", "readings/restarts0-{m}"),
+        ("default, grid units (L_flow in grid units)", "readings/eq5-grid-{m}"),
+        ("default, paper Eq. 4 in pixels (20 images, 180 attacks)", "readings/eq4-{m}"),
+        ("Eq. 4 in pixels, `restarts=0` (20 images)", "readings/eq4-restarts0-{m}"),
+        ("default, Eq. 4 in grid units (20 images)", "readings/eq4-grid-{m}"),
+        ('default, `keep="last"`, `restarts=0`', "readings/keep-last-{m}"),
+    ]
+    # restarts=0 on A and C is the Table 1 run itself: no attack failed, nothing restarted.
+    merged = dict(recs)
+    for m in ("A", "C"):
+        merged.setdefault(f"readings/restarts0-{m}", recs[f"table1/{m}-100"])
+    return by_model(merged, rows, attack_cell)
+
+
+def line_search(recs: Records) -> str:
+    rows = [
+        ["strong Wolfe, `success_margin` 1e-3", *[rate(recs[f"readings/strong-{m}"]) for m in MODELS]],
+        ["the same, each image judged alone", *[alone(recs[f"readings/strong-{m}"]) for m in MODELS]],
+        ["strong Wolfe, `success_margin=0` (bare argmax)", *[rate(recs[f"readings/strong-bare-{m}"]) for m in MODELS]],
+        ["the same, each image judged alone", *[alone(recs[f"readings/strong-bare-{m}"]) for m in MODELS]],
+        ["**weak Wolfe (default)**, `success_margin` 1e-3", *[rate(recs[f"table1/{m}-100"]) for m in MODELS]],
+    ]  # fmt: skip
+    return table(["line search, success test", *MODELS], rows)
+
+
+def strong_readings(recs: Records) -> str:
+    rows = [
+        ("Eq. 5, pixel units, zero init", "readings-strong-bare/eq5-{m}"),
+        ("Eq. 5, Gaussian init (std 0.01)", "readings-strong-bare/eq5-gauss-{m}"),
+        ("Eq. 5 x 1/n", "readings-strong-bare/eq5-n-{m}"),
+        ("Eq. 5 x 1/sqrt(n)", "readings-strong-bare/eq5-sqrt_n-{m}"),
+        ("Eq. 5 x 1/sqrt(n), Gaussian init", "readings-strong-bare/eq5-sqrt_n-gauss-{m}"),
+        ("Eq. 5, grid units", "readings-strong-bare/eq5-grid-{m}"),
+        ("Eq. 4, pixel units (20 images, 180 attacks)", "readings-strong-bare/eq4-{m}"),
+        ('Eq. 5, `keep="last"`', "readings-strong-bare/keep-last-{m}"),
+    ]
+    return by_model(recs, rows, attack_cell)
+
+
+def model_b_1000(recs: Records) -> str:
+    rows = []
+    for label, key in (
+        ("**default**", "table1/B-1000"),
+        ("default, `restarts=0`", "readings/B1000-restarts0"),
+        ("strong Wolfe, bare argmax test, no restarts", "readings/B1000-strong-bare"),
+    ):
+        rec = recs[key]
+        rows.append(
+            [
+                label,
+                rate(rec),
+                pct(rec.stats.get("untargeted_success_rate")),
+                stat(rec, "mean_flow_loss", "{}") or "n/a",
+                stat(rec, "mean_iterations", "{}") or "n/a",
+                num(rec.seconds) if rec.seconds is not None else "n/a",
+            ]
+        )
+    head = ["attack", "targeted", "untargeted", "mean L_flow", "iterations", "seconds"]
+    return table(head, rows)
+
+
+def training(recs: Records) -> str:
+    rows = []
+    for label, key, paper in [
+        *[(f"{m}, MNIST", f"training/mnist-{m}", PAPER_ACCURACY[m]) for m in MODELS],
+        *[(f"{m}, MNIST, another CPU", f"training/mnist-{m}-other-cpu", PAPER_ACCURACY[m]) for m in MODELS],
+        ("C, MNIST, 6 epochs", "training/mnist-C-6-epochs", PAPER_ACCURACY["C"]),
+        ("B, Fashion-MNIST", "training/fashion-mnist-B", None),
+        ("A, Fashion-MNIST, 1 epoch", "training/fashion-mnist-A-1-epoch", None),
+        ("C, Fashion-MNIST, 1 epoch", "training/fashion-mnist-C-1-epoch", None),
+    ]:  # fmt: skip
+        rec = recs[key]
+        minutes = f"{rec.seconds / 60:.1f} min" if rec.seconds is not None else "n/a"
+        rows.append([label, rate(rec), pct(paper) if paper is not None else "–", minutes])
+    return table(["model, data", "test accuracy (10,000 images)", "paper", "training time"], rows)
+
+
+def throughput(recs: Records) -> str:
+    labels = {
+        "lbfgs": "`lbfgs` (**default**: batched torch L-BFGS, weak Wolfe, to convergence)",
+        "lbfgs-strong": '`lbfgs`, `wolfe="strong"` (SciPy\'s algorithm)',
+        "lbfgs-first-success": '`lbfgs`, `stop="first-success"` (fast mode)',
+        "scipy-batched": "`scipy` (SciPy L-BFGS-B per attack, evaluations batched)",
+        "scipy-loop": "`scipy-loop` (SciPy, one image at a time)",
+        "scipy-loop-first-success": '`scipy-loop`, `stop="first-success"`',
+        "advertorch": "advertorch 0.2.3 `SpatialTransformAttack` (one coupled problem)",
+    }
+    rows = []
+    for method, label in labels.items():
+        rec = recs[f"throughput/B-{method}"]
+        rows.append(
+            [
+                label,
+                num(rec.stats["attacks_per_second"]),
+                num(rec.stats["mean_iterations"]),
+                num(rec.stats["mean_evaluations"]),
+                rate(rec),
+                num(rec.stats["mean_flow_loss"]),
+            ]
+        )
+    head = ["method", "attacks/s", "iterations / attack", "evaluations / attack"]
+    return table([*head, "targeted success", "mean L_flow"], rows)
+
+
+def speedups(recs: Records) -> str:
+    goals = {"speedup_vs_advertorch": 10.0, "speedup_vs_scipy_loop": 5.0}
+    rows = []
+    for method in ("lbfgs", "lbfgs-strong", "lbfgs-first-success"):
+        rec = recs[f"throughput/B-{method}"]
+        cells = [f"`{method}`"]
+        for key, goal in goals.items():
+            x = rec.stats.get(key)
+            cells.append("n/a" if x is None else f"{x:.2f}x ({'met' if x >= goal else 'not met'})")
+        like = rec.stats.get("speedup_vs_scipy_loop_first_success")
+        cells.append("–" if like is None else f"{like:.2f}x")
+        rows.append(cells)
+    head = ["ours", "vs advertorch (goal 10x)", "vs SciPy loop (goal 5x)", "vs the loop, same stop"]
+    return table(head, rows)
+
+
+def sweeps(recs: Records) -> str:
+    rows = []
+    for key in (
+        "sweeps/kappa_tau-B-paper",
+        "sweeps/kappa_tau-B-tau0",
+        "sweeps/kappa_tau-all-strong",
+    ):
+        rec = recs[key]
+        wall = f"{rec.seconds / 60:.1f} min" if rec.seconds is not None else "–"
+        rows.append(
+            [rec.what, rate(rec) if rec.rate is not None else "–", wall, f"`{rec.command}`"]
+        )
+    return table(["what", "targeted success", "sweep wall time", "command"], rows)
+
+
+def input_grad(recs: Records) -> str:
+    rows = []
+    for key, rec in recs.items():
+        if key.startswith("performance/input-grad-"):
+            onednn, native = rec.stats["onednn_ms"], rec.stats["native_ms"]
+            rows.append(
+                [
+                    rec.tags["layer"],
+                    num(rec.stats["images"]),
+                    f"{onednn:.1f} ms",
+                    f"{native:.1f} ms",
+                    f"{onednn / native:.2f}x",
+                ]
+            )
+    return table(["convolution", "images", "oneDNN", "native", "native speed-up"], rows)
+
+
+DEFENSE_NAMES = {
+    "none": "none",
+    "pgd": "PGD-adv",
+    "fgsm": "FGSM-adv",
+    "ensemble": "ensemble-adv",
+    "blur": "blur (3x3, sigma 1)",
+    "denoiser": "denoiser",
+}
+
+
+def _defense_rows(recs: Records, defenses: Sequence[str]) -> str:
+    rows = []
+    for m in MODELS:
+        for d in defenses:
+            clean = recs[f"training/mnist-{m}" if d == "none" else f"defenses/clean/{m}-{d}"]
+            attacks = [rate(recs[f"defenses/{m}-{d}-{a}"]) for a in ("fgsm", "cw", "stadv")]
+            rows.append([m, DEFENSE_NAMES[d], pct(clean.rate), *attacks])
+    return table(["model", "defense", "clean accuracy", "FGSM", "C&W", "stAdv"], rows)
+
+
+def defenses_pgd(recs: Records) -> str:
+    return _defense_rows(recs, ("none", "pgd"))
+
+
+def defenses_other(recs: Records) -> str:
+    return _defense_rows(recs, ("fgsm", "ensemble", "blur", "denoiser"))
+
+
+def pgd_training(recs: Records) -> str:
+    rows = [
+        [label, *[pct(recs[f"defenses/clean/{m}-{d}"].rate) for m in MODELS]]
+        for label, d in (
+            ("adversarial-only loss (Madry et al.)", "pgd-adversarial-only"),
+            ("half clean loss, first training", "pgd-first"),
+            ("half clean loss, the models in the tables", "pgd"),
+        )
+    ]
+    return table(["PGD-adv training (CPU preset)", *MODELS], rows)
+
+
+TABLES: dict[str, Callable[[Records], str]] = {
+    "table1": table1,
+    "readings": readings,
+    "line-search": line_search,
+    "strong-readings": strong_readings,
+    "b1000": model_b_1000,
+    "training": training,
+    "throughput": throughput,
+    "speedups": speedups,
+    "sweeps": sweeps,
+    "input-grad": input_grad,
+    "defenses-pgd": defenses_pgd,
+    "defenses-other": defenses_other,
+    "pgd-training": pgd_training,
+}
+
+
+# ------------------------------------------------------------------------- pages
+
+
+def render_page(text: str, recs: Records, page: str = "page") -> str:
+    """``text`` with every marked table replaced by the one the records give."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match["name"]
+        if name not in TABLES:
+            raise ValueError(f"{page}: unknown table {name!r}; known: {', '.join(TABLES)}")
+        try:
+            body = TABLES[name](recs)
+        except KeyError as exc:
+            raise ValueError(f"{page}: table {name!r} needs record {exc.args[0]!r}") from exc
+        return match["open"] + body + match["close"]
+
+    return MARKER.sub(replace, text)
+
+
+def render(root: Path, results: Path, *, check: bool) -> int:
+    """Rewrite (or, with ``check``, compare) every page; 1 when a checked page is stale."""
+    recs = load_records(results)
+    stale = 0
+    for page in PAGES:
+        path = root / page
+        if not path.exists():
+            continue
+        old = path.read_text(encoding="utf-8")
+        new = render_page(old, recs, page)
+        if new == old:
+            continue
+        if check:
+            stale = 1
+            diff = difflib.unified_diff(
+                old.splitlines(keepends=True),
+                new.splitlines(keepends=True),
+                f"{page} (committed)",
+                f"{page} (from the records)",
+            )
+            sys.stdout.writelines(diff)
+        else:
+            path.write_text(new, encoding="utf-8")
+            print(f"rewrote {page}")
+    if stale:
+        print("pages differ from the records: run `python docs/render.py`", file=sys.stderr)
+    return stale
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--check", action="store_true", help="change nothing; exit 1 with a diff")
+    p.add_argument("--root", type=Path, default=REPO, help="the repository (its pages)")
+    p.add_argument("--results", type=Path, default=None, help="records (default ROOT/results)")
+    args = p.parse_args(argv)
+    return render(args.root, args.results or args.root / "results", check=args.check)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
