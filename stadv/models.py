@@ -91,10 +91,6 @@ MODELS: dict[str, Callable[[], nn.Module]] = {"A": model_a, "B": model_b, "C": m
 
 #: Clean MNIST accuracy the paper reports for each model (Xiao et al. 2018, Table 1).
 PAPER_ACCURACY: dict[str, float] = {"A": 0.9858, "B": 0.9894, "C": 0.9911}
-#: stAdv's targeted success rate on MNIST in Xiao et al. (ICLR 2018), Table 1 (tau = 0.05,
-#: kappa = 0, all 9 targets of each test image).
-PAPER_TABLE1_SUCCESS: dict[str, float] = {"A": 0.9995, "B": 0.9998, "C": 1.0}
-
 #: Targeted success the paper reports for stAdv on each model (Xiao et al. 2018, Table 1:
 #: tau = 0.05, kappa = 0, every test image towards the 9 other classes).
 PAPER_TABLE1_SUCCESS: dict[str, float] = {"A": 0.9995, "B": 0.9998, "C": 1.0}
