@@ -22,6 +22,7 @@ graph; the losses themselves are evaluated in the caller's (training) mode.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
@@ -261,9 +262,11 @@ class _AdversarialTraining:
     def identity(self) -> dict[str, Any]:
         return option_values(self)
 
-    def _training(self, loss: TrainLoss, params: dict[str, Any], ctx: DefenseContext) -> Training:
+    def _training(
+        self, make_loss: Callable[[], TrainLoss], params: dict[str, Any], ctx: DefenseContext
+    ) -> Training:
         return Training(
-            loss_fn=loss,
+            make_loss=make_loss,
             variant=store_variant(self, ctx.variant),  # type: ignore[arg-type]
             params=params,
             epochs=self.epochs,
@@ -296,7 +299,7 @@ class FGSMTraining(_AdversarialTraining):
 
     def training(self, model: str, ctx: DefenseContext) -> Training | None:
         loss = FGSMAdversarialLoss(epsilon=self.epsilon)
-        return self._training(loss, _loss_params(loss), ctx)
+        return self._training(lambda: loss, _loss_params(loss), ctx)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -326,13 +329,18 @@ class EnsembleTraining(_AdversarialTraining):
         return [m for m in MODELS if m != check_model_name(model)]
 
     def training(self, model: str, ctx: DefenseContext) -> Training | None:
-        if ctx.classifier is None:
-            raise ValueError("ensemble training needs a way to load its static models")
         names = self.static_names(model)
-        loss = EnsembleAdversarialLoss(
-            static_models=tuple(ctx.classifier(m) for m in names), epsilon=self.epsilon
-        )
-        return self._training(loss, {**_loss_params(loss), "static_models": names}, ctx)
+        load = ctx.classifier
+
+        def make_loss() -> TrainLoss:
+            if load is None:
+                raise ValueError("ensemble training needs a way to load its static models")
+            return EnsembleAdversarialLoss(
+                static_models=tuple(load(m) for m in names), epsilon=self.epsilon
+            )
+
+        params = {**_loss_params(FGSMAdversarialLoss(epsilon=self.epsilon)), "static_models": names}
+        return self._training(make_loss, params, ctx)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -359,4 +367,4 @@ class PGDTraining(_AdversarialTraining):
         loss = PGDAdversarialLoss(
             epsilon=self.epsilon, alpha=self.alpha, steps=self.steps, adv_weight=self.adv_weight
         )
-        return self._training(loss, _loss_params(loss), ctx)
+        return self._training(lambda: loss, _loss_params(loss), ctx)

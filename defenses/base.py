@@ -26,7 +26,6 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import torch
 from torch import nn
 
-from stadv.options import options
 from stadv.train import TrainLoss
 
 D = TypeVar("D")
@@ -66,13 +65,15 @@ class DefenseContext:
 class Training:
     """How a defense trains its classifier (what :func:`stadv.store.train_and_store` takes).
 
-    ``variant`` is the store variant (``<dataset>-<model>-<variant>.pt``); ``params`` go to the
+    ``make_loss()`` builds the per-batch loss (only when the classifier is trained: it may
+    load other models); ``variant`` is the store variant (``<dataset>-<model>-<variant>.pt``);
+    ``params`` go to the
     checkpoint's sidecar as ``extra["defense_params"]`` and are checked against it when the
     checkpoint is loaded again; ``epochs`` / ``train_limit`` None mean the model's recipe / the
     whole training split.
     """
 
-    loss_fn: TrainLoss
+    make_loss: Callable[[], TrainLoss]
     variant: str
     params: dict[str, Any]
     epochs: int | None = None
@@ -118,11 +119,18 @@ def option_values(defense: Any) -> dict[str, Any]:
     return out
 
 
-def from_prefixed(cls: type[D], settings: Mapping[str, Any]) -> D:
-    """A defense built from flat settings named ``<name>_<option>`` (the sweeps' and CLIs'
-    generated flags ``--<name>-<option>``); options not given keep their defaults."""
+def from_settings(cls: type[D], settings: Mapping[str, Any]) -> D:
+    """Defense ``cls`` built from flat settings (a sweep's or a command line's): its field
+    ``f`` reads ``settings["<name>_<f>"]`` (``--pgd-steps``, ``--blur-sigma``), else the
+    shared ``settings["<f>"]`` (``epsilon``, ``train_limit``, ``epochs``, ``seed``), else keeps
+    its default. ``ValueError`` (the class's own check) names a bad value."""
     name: str = getattr(cls, "name")  # noqa: B009  (a ClassVar of every defense class)
-    values = {opt: settings[f"{name}_{opt}"] for opt in options(cls) if f"{name}_{opt}" in settings}
+    values: dict[str, Any] = {}
+    for f in dataclasses.fields(cls):  # type: ignore[arg-type]
+        for key in (f"{name}_{f.name}", f.name):
+            if key in settings:
+                values[f.name] = settings[key]
+                break
     return cls(**values)
 
 

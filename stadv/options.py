@@ -98,18 +98,32 @@ class Option:
     default: Any
     choices: tuple[str, ...] = ()
     optional: bool = False  # accepts None
+    #: how a command line or config spells None (field metadata ``none``, e.g. ``"all"``)
+    none_word: str = "None"
+    #: the command-line flag (field metadata ``flag``; default ``--<name>``)
+    flag_name: str = ""
 
     @property
     def flag(self) -> str:
-        return "--" + self.name.replace("_", "-")
+        return self.flag_name or "--" + self.name.replace("_", "-")
 
     def describe(self) -> str:
-        """A short help text: the allowed values and the default."""
-        kinds = {"bool": "true or false", "int": "an integer", "float": "a number", "str": "text"}
+        """What the option accepts, in words."""
+        kinds = {
+            "bool": "true or false",
+            "int": "a whole number",
+            "float": "a number",
+            "str": "text",
+        }
         what = f"one of {', '.join(self.choices)}" if self.kind == "choice" else kinds[self.kind]
         if self.optional:
-            what += " or None"
-        return f"{what} (default {self.default!r})"
+            what += f" or {self.none_word!r}"
+        return what
+
+    def help(self) -> str:
+        """A short help text: what it accepts and the default."""
+        default = self.none_word if self.default is None else self.default
+        return f"{self.describe()} (default {default})"
 
 
 def _kind_of(hint: Any) -> tuple[Kind, tuple[str, ...], bool] | None:
@@ -149,7 +163,15 @@ def options(cls: type) -> dict[str, Option]:
             default = f.default_factory()
         else:
             default = None
-        out[f.name] = Option(f.name, kind[0], default, kind[1], kind[2])
+        out[f.name] = Option(
+            f.name,
+            kind[0],
+            default,
+            kind[1],
+            kind[2],
+            none_word=str(f.metadata.get("none", "None")),
+            flag_name=str(f.metadata.get("flag", "")),
+        )
     return out
 
 
@@ -171,13 +193,13 @@ def parse_value(cls: type, name: str, value: Any) -> Any:
     combination checks are the class's own (at construction, :func:`build`).
     """
     opt = option(cls, name)
-    if value is None or (isinstance(value, str) and value == "None" and opt.optional):
+    if value is None or (isinstance(value, str) and value == opt.none_word and opt.optional):
         if opt.optional:
             return None
         raise ValueError(f"{cls.__name__} option {name} cannot be None")
     bad = ValueError(
         f"{cls.__name__} option {name}={value!r} is not a valid {opt.kind}: expected "
-        f"{opt.describe()}"
+        f"{opt.describe()}, got {value!r}"
     )
     if opt.kind == "choice":
         return check_choice(name, value, opt.choices)
@@ -254,16 +276,24 @@ def add_option_flags(
     dest_prefix: str,
     many: bool = False,
     owner: str = "",
+    flag_names: Mapping[str, str] | None = None,
+    aliases: Mapping[str, Sequence[str]] | None = None,
 ) -> None:
     """One flag per option (``--tau``, ``--flow-loss``...), collecting strings in
     ``args.<dest_prefix><name>`` (None when absent; a list when ``many``). Type them with
-    :func:`parse_value` (or :func:`given_options`), which names a bad value."""
+    :func:`parse_value` (or :func:`given_options`), which names a bad value.
+
+    ``flag_names`` renames an option's flag (e.g. ``--fgsm-epsilon`` when several classes'
+    options share one parser); ``aliases`` adds further spellings of it."""
+    flag_names = flag_names or {}
+    aliases = aliases or {}
     for name, opt in opts.items():
-        text = opt.describe()
+        text = opt.help()
         if owner:
             text = f"{owner}: {text}"
+        flags = [flag_names.get(name, opt.flag), *aliases.get(name, ())]
         parser.add_argument(
-            opt.flag,
+            *flags,
             dest=f"{dest_prefix}{name}",
             default=None,
             nargs="+" if many else None,

@@ -46,13 +46,15 @@ from typing import Any
 
 from mlflow import MlflowClient
 
-from defenses import DEFENSES
+from defenses.registry import DEFENSES as REGISTRY
+from defenses.registry import defense_class
 from stadv.data import DATASETS
+from stadv.options import add_option_flags, given_options, options, parse_value
 from stadv.registry import ATTACKS
 from stadv.targets import TARGET_CHOICES
 from stadv_sweeps.engine import runner
 from stadv_sweeps.engine.errors import SweepError
-from stadv_sweeps.engine.spec import Point
+from stadv_sweeps.engine.spec import Point, config_int, config_models, load_config, parse_option
 from stadv_sweeps.plans import defense_table
 from stadv_sweeps.plans.defense_models import DefendedModels
 from stadv_sweeps.plans.defense_spec import (
@@ -60,51 +62,68 @@ from stadv_sweeps.plans.defense_spec import (
     PAPER_ATTACK_OPTIONS,
     PRESETS,
     SMOKE_ATTACK_OPTIONS,
+    DefenseSettings,
     DefenseSpec,
     attack_options,
     build_defense_points,
 )
+
+DEFENSES = tuple(REGISTRY)
 
 SWEEP = "defenses"
 #: Images attacked per trial: the CPU default, ``--preset paper`` and ``--smoke-test``.
 N_IMAGES = {"cpu": 30, "paper": 10_000, "smoke": 2}
 
 
-def _limit(text: str) -> int | None:
-    """``--...-train-limit``: a number of images, or ``all``."""
-    if text == "all":
-        return None
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a whole number or 'all', got {text!r}"
-        ) from None
+#: Older spellings of attack flags, kept: flag -> (attack, option).
+ATTACK_ALIASES: dict[str, tuple[str, str]] = {
+    "--cw-search-steps": ("cw", "binary_search_steps"),
+    "--cw-iterations": ("cw", "max_iterations"),
+    "--tau": ("stadv", "tau"),
+    "--kappa": ("stadv", "kappa"),
+    "--stadv-iterations": ("stadv", "max_iterations"),
+}
+#: Config-file keys, with what they mean.
+CONFIG_KEYS = {
+    "models": "list of model names (A, B, C)",
+    "attacks": f"list of attacks, of {', '.join(ATTACKS)}",
+    "defenses": f"list of defenses, of {', '.join(DEFENSES)}",
+    "dataset": f"one of {', '.join(DATASETS)}",
+    "n_images": "images attacked per trial (the first N of the test split)",
+    "targets": f"one of {', '.join(TARGET_CHOICES)}",
+    "attack_options": "a mapping attack -> {option: value}",
+    "training": "a mapping of training settings (the flags below without '--', '_' for '-')",
+}
 
 
-#: Command-line option -> (DefenseSettings field, type, help).
-SETTING_OPTIONS: dict[str, tuple[str, Any, str]] = {
-    "--adv-train-limit": ("train_limit", _limit, "training images (N or all)"),
-    "--adv-epochs": ("epochs", int, "epochs of adversarial training"),
-    "--adv-epsilon": ("epsilon", float, "L-inf budget of the training attacks"),
-    "--pgd-steps": ("pgd_steps", int, "PGD training steps"),
-    "--pgd-alpha": ("pgd_alpha", float, "PGD training step size"),
-    "--pgd-adv-weight": ("pgd_adv_weight", float, "PGD training: share of the adversarial loss"),
-    "--denoiser-epochs": ("denoiser_epochs", int, "denoiser training epochs"),
-    "--denoiser-train-limit": ("denoiser_train_limit", _limit, "denoiser images (N or all)"),
-    "--blur-kernel-size": ("blur_kernel_size", int, "odd kernel size of the blur"),
-    "--blur-sigma": ("blur_sigma", float, "sigma of the blur, in pixels"),
-}
-#: Command-line option -> (attack, option, type).
-ATTACK_FLAGS: dict[str, tuple[str, str, Any]] = {
-    "--fgsm-epsilon": ("fgsm", "epsilon", float),
-    "--cw-search-steps": ("cw", "binary_search_steps", int),
-    "--cw-iterations": ("cw", "max_iterations", int),
-    "--cw-initial-const": ("cw", "initial_const", float),
-    "--tau": ("stadv", "tau", float),
-    "--kappa": ("stadv", "kappa", float),
-    "--stadv-iterations": ("stadv", "max_iterations", int),
-}
+def _attack_flags(taken: set[str]) -> dict[str, dict[str, str]]:
+    """attack -> option -> its flag: ``--<attack>-<option>``, or ``--<attack>-attack-<option>``
+    where a training setting's flag has that name (``--pgd-steps`` is PGD training's)."""
+    out: dict[str, dict[str, str]] = {}
+    for attack, cls in ATTACKS.items():
+        out[attack] = {}
+        for name in options(cls):
+            flag = f"--{attack}-{name.replace('_', '-')}"
+            if flag in taken:
+                flag = f"--{attack}-attack-{name.replace('_', '-')}"
+            out[attack][name] = flag
+    return out
+
+
+def _setting_flags() -> set[str]:
+    return {o.flag for o in options(DefenseSettings).values()} | {"--static-models"}
+
+
+def _extra_setting_options() -> dict[str, tuple[str, str]]:
+    """``<defense>_<option>`` -> (defense, option) for the options of registered defenses that
+    no :class:`DefenseSettings` field holds (a defense added to the registry brings them)."""
+    fields = {f.name for f in dataclasses.fields(DefenseSettings)}
+    out = {}
+    for defense, cls in REGISTRY.items():
+        for name in options(cls):
+            if f"{defense}_{name}" not in fields and name not in fields:
+                out[f"{defense}_{name}"] = (defense, name)
+    return out
 
 
 class DefenseSweep:
@@ -146,49 +165,77 @@ class DefenseSweep:
             help="model B, tiny training (variant 'smoke'), 2 images, few iterations",
         )
         g.add_argument("--dry-run", action="store_true", help="print the trials and exit")
+        g.add_argument("--config", metavar="FILE", help="YAML or TOML file (keys: see below)")
         t = p.add_argument_group(
             "training of missing defended models (default: the preset's; recorded in each "
             "checkpoint's sidecar and the runs' parameters)"
         )
-        for flag, (_, kind, text) in SETTING_OPTIONS.items():
-            t.add_argument(flag, type=kind, metavar="V", help=text, default=argparse.SUPPRESS)
+        add_option_flags(t, options(DefenseSettings), dest_prefix="set_")
         t.add_argument(
             "--static-models", nargs="+", metavar="M", help="ensemble training's static models"
         )
-        a = p.add_argument_group("attack options (default: the preset's)")
-        for flag, (attack, option, kind) in ATTACK_FLAGS.items():
-            a.add_argument(
-                flag, type=kind, metavar="V", help=f"{attack} {option}", default=argparse.SUPPRESS
+        for key, (defense, name) in _extra_setting_options().items():
+            opt = options(defense_class(defense))[name]
+            t.add_argument(
+                f"--{key.replace('_', '-')}", dest=f"xset_{key}", metavar="V", help=opt.help()
             )
+        a = p.add_argument_group("attack options (default: the preset's)")
+        aliases: dict[tuple[str, str], list[str]] = {}
+        for flag, where in ATTACK_ALIASES.items():
+            aliases.setdefault(where, []).append(flag)
+        for attack, flags in _attack_flags(_setting_flags()).items():
+            add_option_flags(
+                a,
+                options(ATTACKS[attack]),
+                dest_prefix=f"atk_{attack}__",
+                owner=attack,
+                flag_names=flags,
+                aliases={n: aliases.get((attack, n), []) for n in flags},
+            )
+        p.epilog = "config file keys:\n" + "\n".join(f"  {k}: {v}" for k, v in CONFIG_KEYS.items())
 
     def resolve(self, args: argparse.Namespace) -> DefenseSpec:
+        """The preset, then the config file, then the command line."""
         if args.smoke_test and args.preset == "paper":
             raise SweepError("--smoke-test and --preset paper exclude each other")
         preset = "smoke" if args.smoke_test else args.preset
-        options = {a: dict(o) for a, o in ATTACK_OPTIONS.items()}
+        options_by_attack = {a: dict(o) for a, o in ATTACK_OPTIONS.items()}
         extra = {"paper": PAPER_ATTACK_OPTIONS, "smoke": SMOKE_ATTACK_OPTIONS}.get(preset, {})
-        for attack, changes in extra.items():
-            options[attack].update(changes)
-        # (these options default to argparse.SUPPRESS: present only when given)
-        for flag, (attack, option, _) in ATTACK_FLAGS.items():
-            if hasattr(args, _dest(flag)):
-                options[attack][option] = getattr(args, _dest(flag))
-        changes = {
-            field: getattr(args, _dest(flag))
-            for flag, (field, _, _) in SETTING_OPTIONS.items()
-            if hasattr(args, _dest(flag))
-        }
-        if args.static_models:
-            changes["static_models"] = tuple(args.static_models)
+        for attack, preset_changes in extra.items():
+            options_by_attack[attack].update(preset_changes)
         spec = DefenseSpec(
             sweep=SWEEP,
             models=("B",) if args.smoke_test else ("A", "B", "C"),
             n_images=N_IMAGES[preset],
-            attack_options=options,
+            attack_options=options_by_attack,
             preset=preset,
-            settings=dataclasses.replace(PRESETS[preset], **changes),
+            settings=PRESETS[preset],
             eval_images=2000 if args.smoke_test else None,
             smoke=args.smoke_test,
+        )
+        if args.config:
+            spec = _apply_config(spec, args.config)
+        for attack in ATTACKS:
+            given = given_options(ATTACKS[attack], args, dest_prefix=f"atk_{attack}__")
+            if given:
+                merged = {**spec.attack_options.get(attack, {}), **given}
+                spec = dataclasses.replace(
+                    spec, attack_options={**spec.attack_options, attack: merged}
+                )
+        changes: dict[str, Any] = {}
+        for name in options(DefenseSettings):
+            raw = getattr(args, f"set_{name}", None)
+            if raw is not None:
+                changes[name] = _setting(name, raw)
+        if args.static_models:
+            changes["static_models"] = tuple(args.static_models)
+        extra_settings = dict(spec.settings.extra)
+        for key, (defense, name) in _extra_setting_options().items():
+            raw = getattr(args, f"xset_{key}", None)
+            if raw is not None:
+                extra_settings[key] = _defense_option(defense, name, raw)
+        spec = dataclasses.replace(
+            spec, settings=dataclasses.replace(spec.settings, **changes, extra=extra_settings)
         )
         given = {
             "models": tuple(args.models) if args.models else None,
@@ -236,8 +283,68 @@ class DefenseSweep:
         defense_table.log_summary(client, parent, df)
 
 
-def _dest(flag: str) -> str:
-    return flag.lstrip("-").replace("-", "_")
+def _setting(name: str, raw: Any, where: str = "") -> Any:
+    """A training setting typed by :class:`DefenseSettings`' schema (``SweepError`` naming it)."""
+    try:
+        return parse_value(DefenseSettings, name, raw)
+    except ValueError as err:
+        raise SweepError(f"{where}{err}") from None
+
+
+def _defense_option(defense: str, name: str, raw: Any, where: str = "") -> Any:
+    try:
+        return parse_value(defense_class(defense), name, raw)
+    except ValueError as err:
+        raise SweepError(f"{where}{err}") from None
+
+
+def _apply_config(spec: DefenseSpec, path: str) -> DefenseSpec:
+    """The config file's values over ``spec``, each typed by its schema."""
+    where = f"config file {path}"
+    raw = load_config(path, CONFIG_KEYS)
+    for key in ("attacks", "defenses"):
+        if key in raw and (not isinstance(raw[key], list) or not raw[key]):
+            raise SweepError(f"{where}: '{key}' must be a non-empty list")
+    attack_options = {a: dict(o) for a, o in spec.attack_options.items()}
+    given = raw.get("attack_options", {})
+    if not isinstance(given, dict):
+        raise SweepError(f"{where}: 'attack_options' must be a mapping attack -> options")
+    for attack, values in given.items():
+        if attack not in ATTACKS:
+            raise SweepError(f"{where}: unknown attack {attack!r}; known: {', '.join(ATTACKS)}")
+        if not isinstance(values, dict):
+            raise SweepError(f"{where}: attack_options.{attack} must be a mapping option -> value")
+        for k, v in values.items():
+            attack_options.setdefault(attack, {})[k] = parse_option(attack, k, v, f"{where}: ")
+    training = raw.get("training", {})
+    if not isinstance(training, dict):
+        raise SweepError(f"{where}: 'training' must be a mapping setting -> value")
+    changes: dict[str, Any] = {}
+    extra = dict(spec.settings.extra)
+    extras = _extra_setting_options()
+    for k, v in training.items():
+        if k == "static_models":
+            if not isinstance(v, list):
+                raise SweepError(f"{where}: training.static_models must be a list of models")
+            changes[k] = tuple(str(m) for m in v)
+        elif k in options(DefenseSettings):
+            changes[k] = _setting(k, v, f"{where}: ")
+        elif k in extras:
+            extra[k] = _defense_option(*extras[k], v, f"{where}: ")
+        else:
+            known = [*options(DefenseSettings), "static_models", *extras]
+            raise SweepError(f"{where}: unknown training setting {k!r}; known: {', '.join(known)}")
+    return dataclasses.replace(
+        spec,
+        models=config_models(raw, spec.models, where),
+        attacks=tuple(map(str, raw.get("attacks", spec.attacks))),
+        defenses=tuple(map(str, raw.get("defenses", spec.defenses))),
+        dataset=str(raw.get("dataset", spec.dataset)),
+        n_images=config_int(raw, "n_images", spec.n_images, where),
+        targets=str(raw.get("targets", spec.targets)),
+        attack_options=attack_options,
+        settings=dataclasses.replace(spec.settings, **changes, extra=extra),
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,26 +22,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from defenses import DEFENSES, TRAINING_VARIANTS
+from defenses.base import Defense, from_settings
+from defenses.base import store_variant as defense_store_variant
+from defenses.registry import DEFENSES, defense_class
+from defenses.registry import label as defense_label
 from stadv.models import check_model_name
 from stadv.options import check_choice
 from stadv.registry import ATTACKS
+from stadv.registry import label as attack_label
 from stadv_sweeps.engine.errors import SweepError
 from stadv_sweeps.engine.spec import MODEL_COST, Point, check_common, digest, make_attack
 from stadv_sweeps.engine.spec import attack_options as spec_attack_options
 
-#: Defenses whose classifier is trained into the store (adversarial training).
-TRAINED = ("fgsm", "ensemble", "pgd")
-#: How the tables name things.
-DEFENSE_LABELS = {
-    "none": "undefended",
-    "fgsm": "FGSM-adv",
-    "ensemble": "ensemble-adv",
-    "pgd": "PGD-adv",
-    "blur": "blur",
-    "denoiser": "denoiser",
-}
-ATTACK_LABELS = {"fgsm": "FGSM", "cw": "C&W", "stadv": "stAdv", "pgd": "PGD"}
+#: How the tables name things (from the registries: a new attack or defense brings its label).
+DEFENSE_LABELS = {name: defense_label(name) for name in DEFENSES}
+ATTACK_LABELS = {name: attack_label(name) for name in ATTACKS}
 
 
 @dataclass(frozen=True)
@@ -58,44 +53,40 @@ class DefenseSettings:
     ``denoiser_train_limit`` images with noise 0.1 (``stadv train-denoiser``).
     """
 
-    train_limit: int | None = None
-    epochs: int | None = None
-    epsilon: float = 0.3
+    train_limit: int | None = field(
+        default=None, metadata={"flag": "--adv-train-limit", "none": "all"}
+    )
+    epochs: int | None = field(default=None, metadata={"flag": "--adv-epochs", "none": "recipe"})
+    epsilon: float = field(default=0.3, metadata={"flag": "--adv-epsilon"})
     pgd_steps: int = 40
     pgd_alpha: float = 0.01
     pgd_adv_weight: float = 1.0
     static_models: tuple[str, ...] | None = None
     denoiser_epochs: int = 5
-    denoiser_train_limit: int | None = None
+    denoiser_train_limit: int | None = field(default=None, metadata={"none": "all"})
     blur_kernel_size: int = 3
     blur_sigma: float = 1.0
-    seed: int = 0
+    seed: int = field(default=0, metadata={"option": False})
+
+    #: options of other registered defenses, as ``"<name>_<option>": value``
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def flat(self) -> dict[str, Any]:
+        """Every setting by name, the ``extra`` ones included (what defenses are built from)."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return {**{k: v for k, v in values.items() if k != "extra"}, **self.extra}
+
+    def defense(self, name: str) -> Defense:
+        """Defense ``name`` with these settings (``SweepError`` naming a bad value)."""
+        try:
+            made: Defense = from_settings(defense_class(name), self.flat())
+        except (ValueError, TypeError) as err:
+            raise SweepError(f"defense {name}: {err}") from None
+        return made
 
     def relevant(self, defense: str) -> dict[str, Any]:
         """The settings that define defense ``defense``'s stored model (or the blur)."""
-        common = {"train_limit": self.train_limit, "epochs": self.epochs, "seed": self.seed}
-        if defense == "fgsm":
-            return {**common, "epsilon": self.epsilon}
-        if defense == "ensemble":
-            static = list(self.static_models) if self.static_models is not None else None
-            return {**common, "epsilon": self.epsilon, "static_models": static}
-        if defense == "pgd":
-            return {
-                **common,
-                "epsilon": self.epsilon,
-                "steps": self.pgd_steps,
-                "alpha": self.pgd_alpha,
-                "adv_weight": self.pgd_adv_weight,
-            }
-        if defense == "denoiser":
-            return {
-                "epochs": self.denoiser_epochs,
-                "train_limit": self.denoiser_train_limit,
-                "seed": self.seed,
-            }
-        if defense == "blur":
-            return {"kernel_size": self.blur_kernel_size, "sigma": self.blur_sigma}
-        return {}
+        return self.defense(defense).identity()
 
 
 #: The named settings. ``paper``: Tramèr et al.'s and Madry et al.'s (all data, the model's
@@ -170,6 +161,7 @@ class DefenseSpec:
         settings = dict(raw["settings"])
         if settings.get("static_models") is not None:
             settings["static_models"] = tuple(settings["static_models"])
+        settings["extra"] = dict(settings.get("extra", {}))
         return cls(
             **{
                 **raw,
@@ -227,15 +219,17 @@ def attack_options(attack: str, options: Mapping[str, Any]) -> dict[str, Any]:
 def variant(defense: str, settings: DefenseSettings) -> str:
     """The store variant of a trained defense (``fgsm``, ``ensemble``, ``pgd``, ``denoiser``)
     under ``settings``: the name of the preset whose settings for it match, else their hash."""
+    return defense_store_variant(settings.defense(defense), variant_suffix(defense, settings))
+
+
+def variant_suffix(defense: str, settings: DefenseSettings) -> str:
+    """The preset name (``cpu``, ``smoke``; ``""`` for the paper's) whose settings for
+    ``defense`` are ``settings``', else ``t<hash>``."""
     mine = settings.relevant(defense)
     names = [n for n, preset in PRESETS.items() if preset.relevant(defense) == mine]
     if names:
-        suffix = "" if names[0] == "paper" else names[0]
-    else:
-        suffix = "t" + hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:6]
-    if defense == "denoiser":
-        return suffix  # <dataset>-denoiser[-<suffix>].pt
-    return "-".join(part for part in (TRAINING_VARIANTS[defense], suffix) if part)
+        return "" if names[0] == "paper" else names[0]
+    return "t" + hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:6]
 
 
 def trial_key(spec: DefenseSpec, model: str, defense: str, attack: str, options: Any) -> str:
@@ -260,11 +254,13 @@ def build_defense_points(spec: DefenseSpec) -> list[Point]:
     naming any bad model, attack, defense, option or setting."""
     models = check_common(spec.models, spec.dataset, spec.n_images, spec.targets)
     attacks = check_names("attack", spec.attacks, tuple(ATTACKS))
-    defenses = check_names("defense", spec.defenses, DEFENSES)
+    defenses = check_names("defense", spec.defenses, tuple(DEFENSES))
     unknown = sorted(set(spec.attack_options) - set(ATTACKS))
     if unknown:
         raise SweepError(f"options for unknown attack {unknown[0]!r}; known: {', '.join(ATTACKS)}")
     check_settings(spec.settings)
+    for defense in defenses:
+        spec.settings.defense(defense)  # each defense checks its own options
     if spec.eval_images is not None and spec.eval_images < 1:
         raise SweepError(f"eval_images must be >= 1 (or unset), got {spec.eval_images}")
     made = {a: make_attack(a, spec.attack_options.get(a, {})) for a in attacks}
