@@ -18,49 +18,50 @@ import torch
 from torch import nn
 
 from defenses.adversarial_training import (
+    TRAINING_DEFENSES,
+    TRAINING_VARIANTS,
+    DefenseTraining,
     EnsembleAdversarialLoss,
     FGSMAdversarialLoss,
     PGDAdversarialLoss,
+    TrainingDefense,
+    build_defense_training,
+    defense_variant,
     prepared_model,
 )
 from defenses.blur import GaussianBlur
-from defenses.denoiser import DenoisingAutoencoder, load_denoiser, train_denoiser
+from defenses.denoiser import (
+    DenoisingAutoencoder,
+    load_denoiser,
+    train_and_store_denoiser,
+    train_denoiser,
+)
 from stadv.devices import resolve_device
-from stadv.flow import check_choice
+from stadv.options import check_choice
+from stadv.store import CheckpointError, checkpoint_path, load_checkpoint, load_pretrained
 
-TrainingDefense = Literal["none", "fgsm", "pgd", "ensemble"]
 Defense = Literal["none", "fgsm", "pgd", "ensemble", "blur", "denoiser"]
-TRAINING_DEFENSES: tuple[str, ...] = get_args(TrainingDefense)
 DEFENSES: tuple[str, ...] = get_args(Defense)
-
-#: Store variant of each adversarially trained model: ``<dataset>-<model>-<variant>.pt``.
-TRAINING_VARIANTS: dict[str, str] = {
-    "none": "",
-    "fgsm": "adv-fgsm",
-    "pgd": "adv-pgd",
-    "ensemble": "adv-ensemble",
-}
 
 __all__ = [
     "DEFENSES",
     "TRAINING_DEFENSES",
     "TRAINING_VARIANTS",
+    "DefenseTraining",
     "DenoisingAutoencoder",
     "EnsembleAdversarialLoss",
     "FGSMAdversarialLoss",
     "GaussianBlur",
     "PGDAdversarialLoss",
+    "TrainingDefense",
+    "build_defense_training",
     "defended_model",
     "defense_variant",
     "load_denoiser",
     "prepared_model",
+    "train_and_store_denoiser",
     "train_denoiser",
 ]
-
-
-def defense_variant(defense: str) -> str:
-    """The store variant of an adversarial-training defense (``""`` for ``"none"``)."""
-    return TRAINING_VARIANTS[check_choice("training defense", defense, TRAINING_DEFENSES)]
 
 
 def defended_model(
@@ -91,16 +92,12 @@ def defended_model(
     Raises:
         ValueError: an unknown defense (the message lists them) or bad blur parameters.
     """
-    from stadv.store import checkpoint_path, load_checkpoint, load_pretrained
-
     key = check_choice("defense", defense, DEFENSES)
     dev = resolve_device(device)
     blur = GaussianBlur(kernel_size=blur_kernel_size, sigma=blur_sigma) if key == "blur" else None
     if key in ("fgsm", "pgd", "ensemble"):
         path = checkpoint_path(name, dataset, store=store, variant=TRAINING_VARIANTS[key])
         if not path.is_file():
-            from stadv.store import CheckpointError
-
             raise CheckpointError(
                 f"no adversarially trained model at {path}; run "
                 f"`stadv train --model {name} --dataset {dataset} --defense {key}`"

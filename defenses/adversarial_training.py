@@ -21,29 +21,52 @@ graph; the losses themselves are evaluated in the caller's (training) mode.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Protocol
+import os
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, Protocol, get_args
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stadv.attack_common import (
-    check_bounds,
-    check_int,
-    check_real,
-    loss_ascent_gradient,
-    prepared_model,
-)
+from stadv.attack_base import loss_ascent_gradient
+from stadv.model_mode import prepared_model
+from stadv.models import MODELS, check_model_name
+from stadv.options import check_bounds, check_choice, check_int, check_real
 from stadv.pgd import PGD
+from stadv.store import load_pretrained
+from stadv.train import TrainLoss
 
 __all__ = [
+    "TRAINING_DEFENSES",
+    "TRAINING_VARIANTS",
+    "DefenseTraining",
     "EnsembleAdversarialLoss",
     "FGSMAdversarialLoss",
     "PGDAdversarialLoss",
+    "TrainingDefense",
+    "build_defense_training",
+    "defense_variant",
     "fgsm_examples",
     "prepared_model",
 ]
+
+TrainingDefense = Literal["none", "fgsm", "pgd", "ensemble"]
+TRAINING_DEFENSES: tuple[str, ...] = get_args(TrainingDefense)
+
+#: Store variant of each adversarially trained model: ``<dataset>-<model>-<variant>.pt``.
+TRAINING_VARIANTS: dict[str, str] = {
+    "none": "",
+    "fgsm": "adv-fgsm",
+    "pgd": "adv-pgd",
+    "ensemble": "adv-ensemble",
+}
+
+
+def defense_variant(defense: str) -> str:
+    """The store variant of an adversarial-training defense (``""`` for ``"none"``)."""
+    return TRAINING_VARIANTS[check_choice("training defense", defense, TRAINING_DEFENSES)]
 
 
 def fgsm_examples(
@@ -231,3 +254,106 @@ class PGDAdversarialLoss:
     ) -> torch.Tensor:
         adv = self.attack(model, images, labels).adv_images
         return _mix(model, images, adv, labels, self.adv_weight)
+
+
+@dataclass(frozen=True)
+class DefenseTraining:
+    """What :func:`stadv.store.train_and_store` needs to train under one defense: ``loss_fn``
+    (None: plain training), the store ``variant`` and ``extra`` details for the checkpoint's
+    sidecar (``{"defense": name, "defense_params": {...}}``; empty for ``"none"``)."""
+
+    loss_fn: TrainLoss | None = None
+    variant: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def build_defense_training(
+    defense: str,
+    *,
+    model_name: str,
+    epsilon: float = 0.3,
+    adv_weight: float | None = None,
+    pgd_alpha: float = 0.01,
+    pgd_steps: int = 40,
+    static_models: Sequence[str] | None = None,
+    dataset: str = "mnist",
+    store: str | os.PathLike[str] | None = None,
+    data_dir: str | os.PathLike[str] | None = None,
+    device: str | torch.device | None = None,
+) -> DefenseTraining:
+    """The training loss, store variant and sidecar details of adversarial-training ``defense``.
+
+    Args:
+        defense: ``"none"`` (plain training), ``"fgsm"`` (:class:`FGSMAdversarialLoss`),
+            ``"pgd"`` (:class:`PGDAdversarialLoss`) or ``"ensemble"``
+            (:class:`EnsembleAdversarialLoss`).
+        model_name: the model being trained ("A", "B", "C"); the ensemble's default static
+            models are the other architectures.
+        epsilon: L-inf budget of the training attack [0.3]. >= 0.
+        adv_weight: lambda, the adversarial share of the loss, in [0, 1] [None: 0.5 for fgsm
+            and ensemble, 1.0 for pgd].
+        pgd_alpha: PGD's step size [0.01]. > 0. pgd_steps: PGD's steps [40]. >= 1.
+        static_models: names of the pre-trained models crafting ensemble examples [None: every
+            architecture but ``model_name``]; loaded from the store (``dataset``, ``store``,
+            ``data_dir``, ``device``: as :func:`stadv.store.load_pretrained`; trained first if
+            missing). Only ``"ensemble"`` loads them.
+    Returns:
+        A :class:`DefenseTraining`; ``extra["defense_params"]`` holds the loss's parameters
+        (the static models by name).
+    Raises:
+        ValueError: an unknown defense or model, or a bad value (every argument is checked,
+            whatever the defense, before any model is loaded).
+
+    Example::
+
+        >>> setup = build_defense_training("pgd", model_name="B", pgd_steps=7)
+        >>> train_and_store("B", loss_fn=setup.loss_fn, variant=setup.variant, extra=setup.extra)
+    """
+    key = check_choice("defense", defense, TRAINING_DEFENSES)
+    name = check_model_name(model_name)
+    epsilon = check_real("epsilon", epsilon)
+    if adv_weight is not None:
+        _check_weight(adv_weight)
+    alpha = check_real("pgd_alpha", pgd_alpha, strict=True)
+    steps = check_int("pgd_steps", pgd_steps, low=1)
+    if static_models is None:
+        static = [m for m in MODELS if m != name]
+    else:
+        static = [check_model_name(s) for s in static_models]
+        if not static:
+            raise ValueError("static_models must name at least one model, got none")
+    if key == "none":
+        return DefenseTraining()
+    loss: TrainLoss
+    params: dict[str, Any]
+    if key == "fgsm":
+        fgsm = FGSMAdversarialLoss(
+            epsilon=epsilon, adv_weight=0.5 if adv_weight is None else adv_weight
+        )
+        loss, params = fgsm, asdict(fgsm)
+    elif key == "pgd":
+        pgd = PGDAdversarialLoss(
+            epsilon=epsilon,
+            alpha=alpha,
+            steps=steps,
+            adv_weight=1.0 if adv_weight is None else adv_weight,
+        )
+        loss, params = pgd, asdict(pgd)
+    else:
+        models = tuple(
+            load_pretrained(s, dataset=dataset, store=store, data_dir=data_dir, device=device)
+            for s in static
+        )
+        ens = EnsembleAdversarialLoss(
+            static_models=models,
+            epsilon=epsilon,
+            adv_weight=0.5 if adv_weight is None else adv_weight,
+        )
+        params = {k: v for k, v in asdict(ens).items() if k != "static_models"}
+        params["static_models"] = static
+        loss = ens
+    return DefenseTraining(
+        loss_fn=loss,
+        variant=TRAINING_VARIANTS[key],
+        extra={"defense": key, "defense_params": params},
+    )

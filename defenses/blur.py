@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stadv.attack_common import check_int, check_real
+from stadv.options import check_int, check_real
 
 
 def gaussian_kernel1d(kernel_size: int, sigma: float) -> torch.Tensor:

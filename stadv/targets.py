@@ -27,6 +27,20 @@ TARGET_PROTOCOLS: tuple[str, ...] = get_args(TargetProtocol)
 #: What an attack's ``targets`` argument accepts.
 TargetSpec = torch.Tensor | str | None
 
+#: The target protocols by name, untargeted included: how command lines and sweeps spell them.
+TargetChoice = Literal["all", "random", "least-likely", "untargeted"]
+TARGET_CHOICES: tuple[str, ...] = get_args(TargetChoice)
+
+
+def as_target_spec(choice: str) -> TargetSpec:
+    """The ``targets`` argument for protocol name ``choice`` (one of :data:`TARGET_CHOICES`):
+    ``"untargeted"`` is None, the others are themselves. ``ValueError`` names a bad one."""
+    if choice not in TARGET_CHOICES:
+        raise ValueError(
+            f"unknown targets {choice!r}; allowed: {', '.join(map(repr, TARGET_CHOICES))}"
+        )
+    return None if choice == "untargeted" else choice
+
 
 def _check_labels(images: torch.Tensor, labels: torch.Tensor, num_classes: int) -> None:
     if images.dim() < 1 or labels.shape != images.shape[:1]:
@@ -56,7 +70,7 @@ def expand_targets(
     Args:
         model: the logits model; only used (without gradients) for ``"least-likely"``. The
             caller sets its mode (attacks call this inside
-            :func:`~stadv.attack_common.prepared_model`).
+            :func:`~stadv.model_mode.prepared_model`).
         images: (N, C, H, W).
         labels: (N,) int64 true classes in [0, num_classes).
         targets: None, a tensor (N,) of classes, or a protocol (see the module docstring).

@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from stadv.attack_common import finalize_result, margin_loss, prepared_model
+from stadv.attack_base import finalize_result
 from stadv.cw import CarliniWagnerL2
 from stadv.data import TensorData
 from stadv.fgsm import FGSM
+from stadv.margin import margin_loss
+from stadv.model_mode import prepared_model
 from stadv.pgd import PGD
 from stadv.result import AttackResult
 from stadv.sanity import SanityWarning

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from stadv.cli import main
+from stadv_cli.main import main
 
 
 def test_train_then_eval_json(
@@ -44,7 +44,7 @@ def test_missing_data_is_one_message_without_traceback(tmp_path: Path) -> None:
     }
     env.pop("STADV_DATA_SOURCE", None)
     env["STADV_DATA_SOURCE"] = str(tmp_path / "no-source")
-    code = "from stadv.cli import main; import sys; sys.exit(main(['eval', '--model', 'A', '--no-download']))"
+    code = "from stadv_cli.main import main; import sys; sys.exit(main(['eval', '--model', 'A', '--no-download']))"
     proc = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )

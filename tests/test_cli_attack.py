@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from stadv.attack import StAdv
-from stadv.cli import main
 from stadv.result_io import concat_results, load_result, save_result
+from stadv_cli.main import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -188,7 +188,7 @@ def test_results_round_trip_and_concatenate(
 
 
 def test_block_digest_tells_other_images_and_weights_apart() -> None:
-    from stadv.cli_attack import _digest
+    from stadv_cli.attack import _digest
 
     x = torch.rand(2, 1, 4, 4)
     y = torch.tensor([1, 2])

@@ -32,14 +32,14 @@ from defenses.denoiser import (
     save_denoiser,
     train_denoiser,
 )
-from stadv.cli import build_parser, main
-from stadv.cli_defense import defense_training
 from stadv.data import TensorData
 from stadv.fgsm import FGSM
 from stadv.models import build_model
 from stadv.pgd import PGD
 from stadv.store import CheckpointError, checkpoint_path, read_info
 from stadv.train import evaluate, train_model
+from stadv_cli.defense import defense_training
+from stadv_cli.main import build_parser, main
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
