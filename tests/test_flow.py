@@ -150,3 +150,12 @@ def test_bad_warp_arguments_raise() -> None:
         warp(torch.zeros(1, 1, 3, 3), torch.zeros(1, 2, 3, 3), units="cm")
     with pytest.raises(ValueError, match="does not match"):
         warp(torch.zeros(1, 1, 3, 3), torch.zeros(1, 2, 4, 3))
+
+
+def test_default_variant_is_eq5_like_stadv() -> None:
+    from stadv.attack import StAdv
+
+    f = _hand_flow()
+    assert torch.equal(flow_loss(f), flow_loss(f, variant="eq5"))
+    assert not torch.equal(flow_loss(f), flow_loss(f, variant="eq4"))
+    assert StAdv().flow_loss == "eq5"
