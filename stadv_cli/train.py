@@ -62,6 +62,11 @@ def cmd_train(args: argparse.Namespace) -> int:
         args,
         ints={"--epochs": 1, "--lr-decay-epochs": 0, "--seed": 0, "--train-limit": 1},
     )
+    if args.epochs is not None and args.lr_decay_epochs is not None:
+        if args.lr_decay_epochs >= args.epochs:
+            raise ValueError(
+                f"--lr-decay-epochs must be < --epochs={args.epochs}, got {args.lr_decay_epochs}"
+            )
     check_defense_flags(args)
     prepare_data(args)
     for name in model_names(args.model):

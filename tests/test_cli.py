@@ -69,6 +69,11 @@ def test_unknown_model_is_rejected(capsys: pytest.CaptureFixture[str]) -> None:
         (["--epochs", "0"], "--epochs must be >= 1, got 0"),
         (["--lr-decay-epochs", "-1"], "--lr-decay-epochs must be >= 0, got -1"),
         (["--seed", "-1"], "--seed must be >= 0, got -1"),
+        (
+            ["--epochs", "2", "--lr-decay-epochs", "2"],
+            "--lr-decay-epochs must be < --epochs=2, got 2",
+        ),
+        (["--adv-epsilon", "nan"], "--adv-epsilon must be a finite number >= 0, got nan"),
     ],
 )
 def test_bad_train_arguments_exit_2_and_write_nothing(
