@@ -89,11 +89,11 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from stadv.attack import StAdv
-from stadv.attack_common import prepared_model
 from stadv.data import load_tensors
 from stadv.devices import resolve_device
 from stadv.flow import flow_loss, warp
 from stadv.metrics import wilson_interval
+from stadv.model_mode import prepared_model
 from stadv.records import machine_info, make_record, write_record
 from stadv.store import load_pretrained
 from stadv.targets import expand_targets

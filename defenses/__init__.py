@@ -23,40 +23,45 @@ from defenses.adversarial_training import (
     prepared_model,
 )
 from defenses.blur import GaussianBlur
-from defenses.denoiser import DenoisingAutoencoder, load_denoiser, train_denoiser
+from defenses.denoiser import (
+    DenoisingAutoencoder,
+    load_denoiser,
+    train_and_store_denoiser,
+    train_denoiser,
+)
 from defenses.registry import DEFENSES as REGISTRY
-from defenses.registry import defense_class
+from defenses.registry import (
+    TRAINING_DEFENSES,
+    TRAINING_VARIANTS,
+    DefenseTraining,
+    build_defense_training,
+    defense_class,
+    defense_variant,
+)
 from stadv.devices import resolve_device
 from stadv.options import check_choice, options
 
-#: Every defense by name (:mod:`defenses.registry`), and those that train the classifier
-#: (``stadv train --defense``; ``"none"`` trains the undefended one).
+#: Every defense by name (:mod:`defenses.registry`).
 DEFENSES: tuple[str, ...] = tuple(REGISTRY)
-TRAINING_DEFENSES: tuple[str, ...] = ("none", *(n for n, c in REGISTRY.items() if c.trains))
-
-#: Store variant of each adversarially trained model: ``<dataset>-<model>-<variant>.pt``.
-TRAINING_VARIANTS: dict[str, str] = {n: REGISTRY[n].store_variant for n in TRAINING_DEFENSES}
 
 __all__ = [
     "DEFENSES",
     "TRAINING_DEFENSES",
     "TRAINING_VARIANTS",
+    "DefenseTraining",
     "DenoisingAutoencoder",
     "EnsembleAdversarialLoss",
     "FGSMAdversarialLoss",
     "GaussianBlur",
     "PGDAdversarialLoss",
+    "build_defense_training",
     "defended_model",
     "defense_variant",
     "load_denoiser",
     "prepared_model",
+    "train_and_store_denoiser",
     "train_denoiser",
 ]
-
-
-def defense_variant(defense: str) -> str:
-    """The store variant of an adversarial-training defense (``""`` for ``"none"``)."""
-    return TRAINING_VARIANTS[check_choice("training defense", defense, TRAINING_DEFENSES)]
 
 
 def defended_model(

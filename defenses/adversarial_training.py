@@ -31,7 +31,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from defenses.base import DefenseContext, Training, option_values, store_variant
-from stadv.attack_common import loss_ascent_gradient, prepared_model
+from stadv.attack_base import loss_ascent_gradient
+from stadv.model_mode import prepared_model
 from stadv.models import MODELS, check_model_name
 from stadv.options import check_bounds, check_int, check_real
 from stadv.pgd import PGD
@@ -39,8 +40,11 @@ from stadv.train import TrainLoss
 
 __all__ = [
     "EnsembleAdversarialLoss",
+    "EnsembleTraining",
     "FGSMAdversarialLoss",
+    "FGSMTraining",
     "PGDAdversarialLoss",
+    "PGDTraining",
     "fgsm_examples",
     "prepared_model",
 ]
@@ -276,29 +280,30 @@ class _AdversarialTraining:
 
 
 def _loss_params(loss: Any) -> dict[str, Any]:
-    """A training loss's settings as the sidecar records them (tuples as lists)."""
+    """A training loss's settings as the sidecar records them (the static models left out)."""
     return {
-        f.name: list(v) if isinstance(v, tuple) else v
-        for f in dataclasses.fields(loss)
-        if not isinstance(v := getattr(loss, f.name), tuple) or f.name == "bounds"
+        f.name: getattr(loss, f.name) for f in dataclasses.fields(loss) if f.name != "static_models"
     }
 
 
 @dataclass(frozen=True, kw_only=True)
 class FGSMTraining(_AdversarialTraining):
-    """FGSM adversarial training (:class:`FGSMAdversarialLoss`, half clean, half adversarial)
-    from scratch: ``epsilon`` [0.3], ``train_limit`` [None: all images], ``epochs`` [None: the
-    model's recipe], ``seed`` [0]. Stored as ``<dataset>-<model>-adv-fgsm[-<variant>]``."""
+    """FGSM adversarial training (:class:`FGSMAdversarialLoss`) from scratch:
+    ``epsilon`` [0.3], ``adv_weight`` [0.5: half clean, half adversarial], ``train_limit``
+    [None: all images], ``epochs`` [None: the model's recipe], ``seed`` [0]. Stored as ``<dataset>-<model>-adv-fgsm[-<variant>]``."""
 
     name: ClassVar[str] = "fgsm"
     label: ClassVar[str] = "FGSM-adv"
     store_variant: ClassVar[str] = "adv-fgsm"
 
+    adv_weight: float = 0.5
+
     def __post_init__(self) -> None:
         self._check()
+        _check_weight(self.adv_weight)
 
     def training(self, model: str, ctx: DefenseContext) -> Training | None:
-        loss = FGSMAdversarialLoss(epsilon=self.epsilon)
+        loss = FGSMAdversarialLoss(epsilon=self.epsilon, adv_weight=self.adv_weight)
         return self._training(lambda: loss, _loss_params(loss), ctx)
 
 
@@ -313,9 +318,11 @@ class EnsembleTraining(_AdversarialTraining):
     store_variant: ClassVar[str] = "adv-ensemble"
 
     static_models: tuple[str, ...] | None = None
+    adv_weight: float = 0.5
 
     def __post_init__(self) -> None:
         self._check()
+        _check_weight(self.adv_weight)
         if self.static_models is not None:
             names = tuple(check_model_name(m) for m in self.static_models)
             if not names:
@@ -336,10 +343,13 @@ class EnsembleTraining(_AdversarialTraining):
             if load is None:
                 raise ValueError("ensemble training needs a way to load its static models")
             return EnsembleAdversarialLoss(
-                static_models=tuple(load(m) for m in names), epsilon=self.epsilon
+                static_models=tuple(load(m) for m in names),
+                epsilon=self.epsilon,
+                adv_weight=self.adv_weight,
             )
 
-        params = {**_loss_params(FGSMAdversarialLoss(epsilon=self.epsilon)), "static_models": names}
+        fgsm = FGSMAdversarialLoss(epsilon=self.epsilon, adv_weight=self.adv_weight)
+        params = {**_loss_params(fgsm), "static_models": names}
         return self._training(make_loss, params, ctx)
 
 

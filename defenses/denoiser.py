@@ -35,7 +35,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from defenses.base import DefenseContext, Training, check_recorded, option_values, store_variant
-from stadv.data import TensorData, ensure_data, load_tensors
+from stadv.data import TensorData, load_tensors
 from stadv.devices import resolve_device
 from stadv.options import check_int, check_real
 from stadv.store import (
@@ -268,25 +268,47 @@ def train_and_store_denoiser(
     data_dir: str | os.PathLike[str] | None = None,
     noise_std: float = DEFAULT_NOISE_STD,
     epochs: int = DEFAULT_DENOISER_EPOCHS,
-    channels: int = DEFAULT_DENOISER_CHANNELS,
+    channels: int = 32,
     train_limit: int | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = False,
 ) -> tuple[DenoisingAutoencoder, dict[str, Any]]:
-    """Train a denoiser on the first ``train_limit`` training images (None: all), measure its
-    test error, and save it to the store as ``<dataset>-denoiser[-<variant>].pt``.
+    """Train the denoiser on ``dataset``'s training split, measure it on the test split and save
+    it to the store as ``<dataset>-denoiser[-<variant>].pt`` (:func:`denoiser_path`).
 
-    Returns the model (eval mode) and its sidecar (noise, epochs, seed, training images and
-    seconds, per-epoch losses, test MSE of the noisy and the denoised images).
+    Args:
+        dataset: the data set, installed under ``data_dir`` (:func:`stadv.data.load_tensors`;
+            install it first with :func:`stadv.data.ensure_data`) ["mnist"].
+        store: the model store [None: ``$STADV_STORE`` or the default].
+        variant: the store variant [""].
+        noise_std: sigma of the training noise [0.1, MagNet's]. >= 0.
+        epochs: training epochs [5]. >= 1.
+        channels: feature maps per layer [32]. >= 1.
+        train_limit: train on the first N training images only [None: all]. >= 1.
+        seed: initialisation, shuffling and noise [0]. >= 0.
+        device: where to train [None: CUDA when available] (:func:`stadv.devices.resolve_device`).
+        progress: show a progress bar [False].
+    Returns:
+        The trained model (eval mode) and the sidecar written beside it (``noise_std``,
+        ``epochs``, ``seed``, ``train_images``, ``train_seconds``, ``epoch_losses``,
+        ``test_noisy_mse``, ``test_denoised_mse``, ``path``, ...).
+    Raises:
+        ValueError: a bad argument, before any data is loaded or anything is written.
+
+    Example::
+
+        >>> model, meta = train_and_store_denoiser("mnist", epochs=1, train_limit=1000)
+        >>> meta["test_denoised_mse"] < meta["test_noisy_mse"]
     """
-    check_real("noise_std", noise_std)
+    noise_std = check_real("noise_std", noise_std)
     check_int("epochs", epochs, low=1)
     check_int("channels", channels, low=1)
+    check_int("seed", seed, low=0)
     if train_limit is not None:
         check_int("train_limit", train_limit, low=1)
+    path = denoiser_path(dataset, store=store, variant=variant)  # checks dataset and variant
     dev = resolve_device(device)
-    ensure_data(dataset, data_dir=data_dir)
     train = load_tensors(dataset, split="train", data_dir=data_dir)
     if train_limit is not None:
         train = train.slice(0, train_limit)
@@ -317,7 +339,7 @@ def train_and_store_denoiser(
             "test_denoised_mse": denoised,
         },
     )
-    return model, meta
+    return model, {**meta, "path": str(path)}
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -12,23 +12,21 @@ with L_flow the flow's total variation (:func:`stadv.flow.flow_loss`) and L-BFGS
 solver).
 
 Default flow loss: paper Eq. 5's reading, ``sqrt(sum_p sum_{q in N(p)} ||f_p - f_q||^2 + eps)``
-(one square root over the whole field, no 1/n factor), not Eq. 4's per-pixel roots. Measured on
-the first 100 MNIST test images x 9 targets (``benchmarks/table1.py``), Eq. 4 leaves tau * L_flow
-so large that most attacks stop short of the target (Model B: 55.6 % on 20 images, runs to the
-1000-iteration limit) while Eq. 5 reaches 98.3-99.8 % in 20-30 iterations; the TensorFlow
-reference's author also found the Eq. 5-like reading closer to the paper. ``flow_loss="eq4"``
-is one option away; see README "Reproducing Table 1". The paper reports 99.95 / 99.98 / 100.00 % targeted success
-on MNIST Models A / B / C at tau = 0.05, kappa = 0 and leaves the solver's iteration limit,
-tolerances, history, initialisation and border handling open: each is a named option here.
+(one square root over the whole field, no 1/n factor), not Eq. 4's per-pixel roots: with Eq. 4
+the term tau * L_flow dominates and most attacks stop short of the target; ``flow_loss="eq4"``
+is one option away. The paper leaves the solver's iteration limit, tolerances, history,
+initialisation and border handling open: each is a named option here.
 
 Default line search: the weak Wolfe conditions (``wolfe``). SciPy's strong Wolfe search cannot
 be satisfied at the hinge's kink on the decision boundary and L-BFGS stalls there; the weak
-conditions (Lewis & Overton's BFGS for non-smooth functions) let it go on to a lower L_flow and a
-higher success rate at about 4x the evaluations (Model B: 98.6 % -> 99.9 %, L_flow 17.8 -> 10.6).
+conditions (Lewis & Overton's BFGS for non-smooth functions) let it go on to a lower L_flow
+at more evaluations.
 
 Default restarts: an attack that found no successful iterate is solved once more from a small
-Gaussian flow (``restarts``; zero is a stationary point of L_flow). Measured on Model B (first
-100 test images x 9 targets): 99.89 % -> 100.00 %, one attack restarted.
+Gaussian flow (``restarts``; zero is a stationary point of L_flow).
+
+Measured success rates, L_flow, iterations and timings of these choices (and the paper's
+numbers beside them) are in ``docs/reproduction.md``.
 
 Example::
 
@@ -41,28 +39,32 @@ from __future__ import annotations
 
 import hashlib
 import struct
-import time
-from dataclasses import asdict, dataclass, fields
-from typing import Any, Literal, get_args
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, ClassVar, Literal, get_args
 
 import torch
 from torch import nn
 
-from stadv.attack_common import finalize_result, margin_loss, prepared_model
+from stadv.attack_base import AttackBatch, attack_batch
 from stadv.flow import (
     EQ5_SCALES,
     FLOW_LOSS_VARIANTS,
     NEIGHBOURS,
     PADDINGS,
     UNITS,
-    check_choice,
-    flow_loss,
-    warp,
+    Eq5Scale,
+    FlowLossVariant,
+    Neighbours,
+    Padding,
+    Units,
+    flow_loss_unchecked,
+    warp_unchecked,
 )
+from stadv.margin import margin_loss
+from stadv.options import check_choice, check_int, check_real
 from stadv.result import AttackResult
-from stadv.sanity import check_model
 from stadv.solvers.base import SolverResult
-from stadv.targets import TargetSpec, expand_targets
+from stadv.targets import TargetSpec
 
 Init = Literal["zeros", "gaussian", "uniform"]
 Solver = Literal["lbfgs", "scipy", "scipy-loop", "adam"]
@@ -90,6 +92,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: the upper end of the uniform draw (the TensorFlow demo draws flows from U[0, 1)).
 DEFAULT_INIT_SCALE: dict[str, float] = {"zeros": 0.0, "gaussian": 0.01, "uniform": 1.0}
 
+#: Options each solver ignores (a non-default value of one is a ``ValueError``).
+SOLVER_IGNORES: dict[str, tuple[str, ...]] = {
+    "lbfgs": ("lr",),
+    "scipy": ("lr",),
+    "scipy-loop": ("lr",),
+    "adam": ("pgtol", "factr", "history", "max_linesearch", "wolfe"),
+}
+
 
 @dataclass(frozen=True, kw_only=True)
 class StAdv:
@@ -103,29 +113,29 @@ class StAdv:
         init: initial flow, ``"zeros"`` [default], ``"gaussian"`` (std ``init_scale``) or
             ``"uniform"`` (U[0, init_scale)), drawn per attack from a generator seeded by
             (``seed``, the image, the target): the same draw in any batch or order.
-        init_scale: scale of the random initialisation [0.01 for gaussian, 1.0 for uniform].
+        init_scale: scale of the random initialisation [None: 0.01 for gaussian, 1.0 for
+            uniform]. Must stay None with ``init="zeros"``, which has no scale.
         solver: ``"lbfgs"`` [default; torch-native batched L-BFGS, per-sample state,
             Moré-Thuente line search (weak Wolfe by default, see ``wolfe``), SciPy's stopping
-            rules], ``"scipy"`` (SciPy's L-BFGS-B per sample,
-            evaluations batched across samples), ``"scipy-loop"`` (SciPy, one image at a time:
-            the slow baseline) or ``"adam"`` (first order, ``lr``; ``max_iterations`` steps).
+            rules], ``"scipy"`` (SciPy's L-BFGS-B per sample, evaluations batched across
+            samples), ``"scipy-loop"`` (SciPy, one image at a time: the slow baseline) or
+            ``"adam"`` (first order, ``lr``; ``max_iterations`` steps).
         max_iterations: solver iteration limit [1000]. 0 returns the initial flow.
-        pgtol: stop when max |gradient| <= pgtol [1e-5, SciPy's default].
+        pgtol: stop when max |gradient| <= pgtol [1e-5, SciPy's default]. L-BFGS solvers only.
         factr: stop when the relative decrease of L <= factr * machine eps [1e7, SciPy's].
-        history: L-BFGS memory (SciPy's ``m``) [10].
-        max_linesearch: line-search evaluations per iteration [20, SciPy's ``maxls``].
+            L-BFGS solvers only.
+        history: L-BFGS memory (SciPy's ``m``) [10]. L-BFGS solvers only.
+        max_linesearch: line-search evaluations per iteration [20, SciPy's ``maxls``]. L-BFGS
+            solvers only.
         wolfe: the line search's curvature condition, ``"weak"`` (``slope >= 0.9 * initial
             slope``: BFGS for non-smooth functions, Lewis & Overton 2013) or ``"strong"``
             (``|slope| <= 0.9 |initial slope|``, SciPy's L-BFGS-B) [None: ``"weak"`` for the
             ``lbfgs`` solver, ``"strong"`` for the ``scipy`` solvers, which only have that].
             The hinge in L_adv puts a kink on the decision boundary, where the strong condition
-            can be unsatisfiable: the searches end on ``xtol`` at short steps, ~5 evaluations
-            per iteration, and L-BFGS stalls after ~30 iterations (:mod:`stadv.solvers.lbfgs`).
-            Measured on Model B (first 100 test images x 9 targets, tau 0.05, kappa 0): strong
-            98.6 % targeted success, mean L_flow 17.8, 32 iterations; weak 99.9 %, L_flow 10.6,
-            210 iterations (~3 evaluations each): a better minimum of the paper's objective
-            at about 4x the evaluations.
-        lr: Adam's step size (``solver="adam"`` only) [0.01].
+            can be unsatisfiable: the searches end on ``xtol`` at short steps and L-BFGS
+            stalls (:mod:`stadv.solvers.lbfgs`); the weak condition reaches a lower minimum of
+            the paper's objective at more evaluations. Not for ``solver="adam"``.
+        lr: Adam's step size [0.01]. > 0. ``solver="adam"`` only.
         keep: ``"best"`` [default]: return the successful iterate (over every evaluated point)
             with the lowest L_flow, as Carlini & Wagner do; ``"last"``: the solver's final
             iterate (what the failed reproductions returned). Where no iterate succeeded, both
@@ -135,11 +145,8 @@ class StAdv:
             margin ``max_{i!=t} Z_i - Z_t`` (untargeted: ``Z_y - max_{i!=y} Z_i``) is
             <= -success_margin [1e-3]. 0 is the bare argmax test (ties included, as Carlini &
             Wagner's ``compare``). Why: with kappa = 0 the solver ends on the decision
-            boundary. Measured on Model B, first 100 test images x 9 targets, tau 0.05,
-            kappa 0: with 0, 833 of the 886 successes had margins in (-1e-4, 0], 77 exactly 0
-            (ties won by the lower class index), and judged one image at a time instead of in
-            the batch (float32 noise between batch sizes) success fell from 98.4 % to 84.7 %;
-            with 1e-3, 98.6 % both ways at the same mean L_flow (17.77 vs 17.74). kappa still
+            boundary, where float32 noise between batch sizes flips a bare argmax test; a
+            small margin makes success robust to it without changing L_flow. kappa still
             shapes the loss; this is only the acceptance test. >= 0.
         stop: ``"converged"`` [default]: run the solver to its stopping rule (minimises
             L_flow, the paper's objective); ``"first-success"``: stop each attack at its first
@@ -150,15 +157,16 @@ class StAdv:
             image, the target), so a batch still equals its attacks run alone. Only failed
             attacks are re-solved, so the cost is the failures' share; iterations and
             evaluations add up over the runs, the stop reason is the last run's. Why: zero is
-            a stationary point of L_flow and an unlucky start; measured on Model B (first 100
-            test images x 9 targets, tau 0.05, kappa 0) the one attack the zero start missed
-            (image 48 towards 0, stopped by ``factr`` at margin +0.018) succeeds from a Gaussian
-            start. Random restarts are the field's usual remedy (Madry et al.'s PGD, AutoAttack).
-            None with ``max_iterations=0``.
+            a stationary point of L_flow and an unlucky start; random restarts are the field's
+            usual remedy (Madry et al.'s PGD, AutoAttack). Must stay at its default with
+            ``max_iterations=0`` (nothing is solved, so nothing is restarted).
         restart_scale: std of the restarts' Gaussian initial flow, in ``units`` [0.01]. >= 0.
-        flow_loss: ``"eq5"`` [default: measured to reproduce Table 1 best] or ``"eq4"``; ``neighbours`` ``"4"`` [default],
-            ``"diagonal"`` or ``"8"``; ``eq5_scale`` ``"none"`` [default], ``"n"``, ``"sqrt_n"``;
-            ``flow_eps`` the epsilon under the square roots [1e-8]. See :func:`stadv.flow.flow_loss`.
+            Must stay at its default when no restart can run (``restarts=0`` or
+            ``max_iterations=0``).
+        flow_loss: ``"eq5"`` [default] or ``"eq4"``; ``neighbours`` ``"4"`` [default],
+            ``"diagonal"`` or ``"8"``; ``eq5_scale`` ``"none"`` [default], ``"n"``, ``"sqrt_n"``
+            (``"none"`` with ``"eq4"``); ``flow_eps`` the epsilon under the square roots
+            [1e-8]. See :func:`stadv.flow.flow_loss`.
         units: flow units, ``"pixels"`` [default, the paper's] or ``"grid"`` ([-1, 1] coordinates).
         padding: warp border handling, ``"border"`` [default, the TensorFlow reference] or ``"zeros"``.
         loss_input: ``"logits"`` [default, the paper's Z] or ``"softmax"`` (probabilities: what a
@@ -166,9 +174,22 @@ class StAdv:
         num_classes: classes of the model [10].
         seed: seeds the initialisation and the ``"random"`` target protocol [0].
         batch_size: attacks solved together [256]; results do not depend on it.
-        device: where to run [None: the images' device].
+        device: where to run [None: the images' device]. Set by the runtime, not an option of
+            the schema (:mod:`stadv.options`).
         check: run the sanity checks (probabilities, zero gradients) and warn [True].
+
+    Every option is validated once, at construction (``ValueError`` naming the option, the
+    value and the allowed values); an option the chosen solver or setting ignores, given a
+    non-default value, is a ``ValueError`` too (see :data:`SOLVER_IGNORES`), never silently
+    dropped.
+
+    Call: ``attack(model, images, labels, targets=None) -> AttackResult``: ``images``
+    (N, C, H, W) in [0, 1], ``labels`` (N,), ``targets`` as in :mod:`stadv.targets`; the result
+    (M rows, one per attack) carries ``flows`` (M, 2, H, W) and ``flow_loss`` (M,).
     """
+
+    name: ClassVar[str] = "stadv"
+    label: ClassVar[str] = "stAdv"
 
     tau: float = 0.05
     kappa: float = 0.0
@@ -187,17 +208,17 @@ class StAdv:
     stop: Stop = "converged"
     restarts: int = 1
     restart_scale: float = 0.01
-    flow_loss: str = "eq5"
-    neighbours: str = "4"
-    eq5_scale: str = "none"
+    flow_loss: FlowLossVariant = "eq5"
+    neighbours: Neighbours = "4"
+    eq5_scale: Eq5Scale = "none"
     flow_eps: float = 1e-8
-    units: str = "pixels"
-    padding: str = "border"
+    units: Units = "pixels"
+    padding: Padding = "border"
     loss_input: LossInput = "logits"
     num_classes: int = 10
     seed: int = 0
     batch_size: int = 256
-    device: str | None = None
+    device: str | None = field(default=None, metadata={"option": False})
     check: bool = True
 
     def __post_init__(self) -> None:
@@ -225,10 +246,8 @@ class StAdv:
                 raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
         if self.lr == 0:
             raise ValueError("lr must be > 0, got 0")
-        if self.init_scale is not None and not (
-            self.init_scale >= 0 and self.init_scale != float("inf")
-        ):
-            raise ValueError(f"init_scale must be a finite number >= 0, got {self.init_scale!r}")
+        if self.init_scale is not None:
+            check_real("init_scale", self.init_scale)
         for name, low in (
             ("max_iterations", 0),
             ("restarts", 0),
@@ -236,16 +255,37 @@ class StAdv:
             ("max_linesearch", 1),
             ("batch_size", 1),
             ("num_classes", 2),
+            ("seed", 0),
         ):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < low:
-                raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+            check_int(name, getattr(self, name), low=low)
         if self.wolfe == "weak" and self.solver in ("scipy", "scipy-loop"):
             raise ValueError(
                 f"wolfe='weak' needs solver='lbfgs' (SciPy's search is strong), got {self.solver!r}"
             )
         if self.flow_loss == "eq4" and self.eq5_scale != "none":
             raise ValueError(f"eq5_scale={self.eq5_scale!r} only applies to flow_loss='eq5'")
+        self._refuse_ignored()
+
+    def _refuse_ignored(self) -> None:
+        """``ValueError`` for an option that this configuration ignores but was changed."""
+        defaults = {f.name: f.default for f in fields(self)}
+
+        def refuse(name: str, why: str) -> None:
+            if getattr(self, name) != defaults[name]:
+                raise ValueError(
+                    f"{name}={getattr(self, name)!r} is ignored by {why}: leave it at its "
+                    f"default {defaults[name]!r}"
+                )
+
+        for name in SOLVER_IGNORES[self.solver]:
+            refuse(name, f"solver={self.solver!r}")
+        if self.init == "zeros":
+            refuse("init_scale", "init='zeros'")
+        if self.max_iterations == 0:
+            refuse("restarts", "max_iterations=0 (nothing is solved, so nothing is restarted)")
+            refuse("restart_scale", "max_iterations=0 (no restart runs)")
+        if self.restarts == 0:
+            refuse("restart_scale", "restarts=0 (no restart runs)")
 
     # -- introspection -------------------------------------------------------------------
     @classmethod
@@ -261,7 +301,7 @@ class StAdv:
         return asdict(self)
 
     @property
-    def effective_wolfe(self) -> str:
+    def effective_wolfe(self) -> Wolfe:
         """The curvature condition the solver uses (``wolfe``, or the solver's default)."""
         if self.wolfe is not None:
             return self.wolfe
@@ -285,64 +325,46 @@ class StAdv:
         class: 9N attacks, image-major), ``"random"`` or ``"least-likely"``.
         Returns an :class:`~stadv.result.AttackResult` with ``flows`` and ``flow_loss``.
         """
-        start = time.perf_counter()
-        device = torch.device(self.device) if self.device is not None else images.device
-        if images.dim() != 4:
-            raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
-        if labels.shape != images.shape[:1]:
-            raise ValueError(
-                f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}"
+        device = None if self.device is None else torch.device(self.device)
+        with attack_batch(self, model, images, labels, targets, device=device) as batch:
+            return self._attack(batch)
+
+    def _attack(self, batch: AttackBatch) -> AttackResult:
+        """Solve every attack of the prepared ``batch`` in chunks of ``batch_size``."""
+        net, xs, ys, ts = batch.net, batch.images, batch.labels, batch.targets
+        device = xs.device
+        flows: list[torch.Tensor] = []
+        solved: list[SolverResult] = []
+        restarted = [0] * self.restarts
+        for lo in range(0, xs.shape[0], self.batch_size):
+            hi = min(lo + self.batch_size, xs.shape[0])
+            flow, res, reruns = self._attack_chunk(
+                net, xs[lo:hi], ys[lo:hi], None if ts is None else ts[lo:hi]
             )
-        x = images.detach().to(device)
-        y = labels.detach().to(device)
-        with prepared_model(model) as net:
-            if self.check and x.shape[0] > 0:
-                check_model(net, x[: min(8, x.shape[0])])
-            xs, ys, ts, src = expand_targets(
-                net, x, y, targets, num_classes=self.num_classes, seed=self.seed
-            )
-            flows: list[torch.Tensor] = []
-            solved: list[SolverResult] = []
-            restarted = [0] * self.restarts
-            for lo in range(0, xs.shape[0], self.batch_size):
-                hi = min(lo + self.batch_size, xs.shape[0])
-                flow, res, reruns = self._attack_chunk(
-                    net, xs[lo:hi], ys[lo:hi], None if ts is None else ts[lo:hi]
-                )
-                restarted = [a + b for a, b in zip(restarted, reruns, strict=True)]
-                flows.append(flow)
-                solved.append(res)
-            flow_all = torch.cat(flows) if flows else x.new_zeros((0, 2, *x.shape[2:]))
-            adv = (
-                warp(xs, flow_all, padding=self.padding, units=self.units).clamp(0, 1)
-                if xs.shape[0]
-                else xs
-            )
-            lflow = self._flow_loss(flow_all) if xs.shape[0] else x.new_zeros(0)
-            return finalize_result(
-                net,
-                adv_images=adv.detach(),
-                images=xs,
-                labels=ys,
-                targets=ts,
-                source_index=src,
-                iterations=_cat_long([r.iterations for r in solved], device),
-                evaluations=_cat_long([r.evaluations for r in solved], device),
-                stop_reason=tuple(reason for r in solved for reason in r.stop_reason),
-                seconds=time.perf_counter() - start,
-                flows=flow_all.detach(),
-                flow_loss=lflow.detach(),
-                extra={"attack": "stadv", "params": self.to_dict(), "restarted": restarted},
-                success_margin=self.success_margin,
-            )
+            restarted = [a + b for a, b in zip(restarted, reruns, strict=True)]
+            flows.append(flow)
+            solved.append(res)
+        flow_all = torch.cat(flows) if flows else xs.new_zeros((0, 2, *xs.shape[2:]))
+        adv = self._warp(xs, flow_all).clamp(0, 1) if xs.shape[0] else xs
+        lflow = self._flow_loss(flow_all) if xs.shape[0] else xs.new_zeros(0)
+        return batch.finish(
+            adv.detach(),
+            iterations=_cat_long([r.iterations for r in solved], device),
+            evaluations=_cat_long([r.evaluations for r in solved], device),
+            stop_reason=tuple(reason for r in solved for reason in r.stop_reason),
+            flows=flow_all.detach(),
+            flow_loss=lflow.detach(),
+            extra={"attack": self.name, "params": self.to_dict(), "restarted": restarted},
+            success_margin=self.success_margin,
+        )
+
+    def _warp(self, images: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+        # options validated in __post_init__: the unchecked warp, in the objective's loop too
+        return warp_unchecked(images, flow, self.padding, self.units)
 
     def _flow_loss(self, flow: torch.Tensor) -> torch.Tensor:
-        return flow_loss(
-            flow,
-            variant=self.flow_loss,
-            neighbours=self.neighbours,
-            eps=self.flow_eps,
-            eq5_scale=self.eq5_scale,
+        return flow_loss_unchecked(
+            flow, self.flow_loss, self.neighbours, self.flow_eps, self.eq5_scale
         )
 
     def _initial_flow(self, x: torch.Tensor, goal: torch.Tensor, restart: int = 0) -> torch.Tensor:
@@ -430,7 +452,7 @@ class StAdv:
         def objective(rows: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             with torch.enable_grad():
                 flow = rows.detach().to(x.dtype).view(-1, *flow_shape).requires_grad_(True)
-                adv = warp(x[idx], flow, padding=self.padding, units=self.units)
+                adv = self._warp(x[idx], flow)
                 logits = model(adv)
                 scores = logits.softmax(dim=1) if self.loss_input == "softmax" else logits
                 margin = margin_loss(scores, y[idx], None if t is None else t[idx])

@@ -25,18 +25,18 @@ original x rather than to ``tanh(arctanh(x * 0.999999))``.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
-from stadv.attack_common import (
+from stadv.attack_base import (
     AttackBatch,
     PixelAttack,
     check_attack_fields,
-    check_int,
-    check_real,
-    margin_loss,
 )
+from stadv.margin import margin_loss
+from stadv.options import check_int, check_real
 from stadv.result import AttackResult
 
 _BETA1 = 0.9
@@ -71,6 +71,9 @@ class CarliniWagnerL2(PixelAttack):
         >>> result = attack(model, images, labels, targets="random")
         >>> result.l2[result.success].mean()
     """
+
+    name: ClassVar[str] = "cw"
+    label: ClassVar[str] = "C&W"
 
     kappa: float = 0.0
     initial_const: float = 1e-3

@@ -11,15 +11,16 @@ with J the cross-entropy of the model's logits and ``clip`` to ``bounds`` ([0, 1
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
-from stadv.attack_common import (
+from stadv.attack_base import (
     AttackBatch,
     PixelAttack,
     check_attack_fields,
-    check_real,
     count_zero_gradients,
     loss_ascent_gradient,
 )
+from stadv.options import check_real
 from stadv.result import AttackResult
 
 
@@ -46,6 +47,9 @@ class FGSM(PixelAttack):
         >>> result = FGSM(epsilon=0.3)(model, images, labels)
         >>> result.success.float().mean(), result.linf.max()   # linf <= 0.3
     """
+
+    name: ClassVar[str] = "fgsm"
+    label: ClassVar[str] = "FGSM"
 
     epsilon: float = 0.3
     bounds: tuple[float, float] = (0.0, 1.0)

@@ -22,6 +22,8 @@ from typing import Literal, cast, get_args
 import torch
 import torch.nn.functional as F
 
+from stadv.options import check_choice
+
 Padding = Literal["border", "zeros"]
 Units = Literal["pixels", "grid"]
 FlowLossVariant = Literal["eq4", "eq5"]
@@ -41,14 +43,6 @@ _OFFSETS: dict[str, tuple[tuple[int, int], ...]] = {
 }
 
 
-def check_choice(name: str, value: object, allowed: tuple[str, ...]) -> str:
-    """``value`` as one of ``allowed`` (ints are compared as strings); else ``ValueError`` naming both."""
-    key = str(value)
-    if key not in allowed:
-        raise ValueError(f"unknown {name} {value!r}; allowed: {', '.join(map(repr, allowed))}")
-    return key
-
-
 def _check_flow(images: torch.Tensor | None, flow: torch.Tensor) -> None:
     if flow.dim() != 4 or flow.shape[1] != 2:
         raise ValueError(f"flow must have shape (N, 2, H, W), got {tuple(flow.shape)}")
@@ -62,8 +56,13 @@ def _check_flow(images: torch.Tensor | None, flow: torch.Tensor) -> None:
 
 
 def to_pixels(flow: torch.Tensor, units: str = "pixels") -> torch.Tensor:
-    """The flow in pixel units (a no-op for ``units="pixels"``)."""
-    if check_choice("units", units, UNITS) == "pixels":
+    """The flow in pixel units (a no-op for ``units="pixels"``); ``units`` is validated."""
+    return _to_pixels(flow, cast(Units, check_choice("units", units, UNITS)))
+
+
+def _to_pixels(flow: torch.Tensor, units: Units) -> torch.Tensor:
+    """:func:`to_pixels` without the argument check (``units`` already validated)."""
+    if units == "pixels":
         return flow
     h, w = flow.shape[-2:]
     scale = flow.new_tensor([w / 2.0, h / 2.0]).view(1, 2, 1, 1)
@@ -86,8 +85,16 @@ def warp(
         shift, since the interpolation weights are then exactly 0 and 1.
     """
     _check_flow(images, flow)
-    pad = check_choice("padding", padding, PADDINGS)
-    flow = to_pixels(flow, units).to(images.dtype)
+    pad = cast(Padding, check_choice("padding", padding, PADDINGS))
+    return warp_unchecked(images, flow, pad, cast(Units, check_choice("units", units, UNITS)))
+
+
+def warp_unchecked(
+    images: torch.Tensor, flow: torch.Tensor, pad: Padding, units: Units
+) -> torch.Tensor:
+    """:func:`warp` without the argument checks: for callers that validated ``padding`` and
+    ``units`` once (:class:`stadv.attack.StAdv`) and call this in their inner loop."""
+    flow = _to_pixels(flow, units).to(images.dtype)
     n, c, h, w = images.shape
     xs = torch.arange(w, device=flow.device, dtype=flow.dtype).view(1, 1, w) + flow[:, 0]
     ys = torch.arange(h, device=flow.device, dtype=flow.dtype).view(1, h, 1) + flow[:, 1]
@@ -135,18 +142,19 @@ def _neighbour_sq_diffs(flow: torch.Tensor, neighbours: str) -> torch.Tensor:
 def flow_loss(
     flow: torch.Tensor,
     *,
-    variant: str = "eq4",
+    variant: str = "eq5",
     neighbours: str | int = "4",
     eps: float = 1e-8,
     eq5_scale: str = "none",
 ) -> torch.Tensor:
     """Per-sample flow loss L_flow (N,), the paper's smoothness penalty on ``flow``.
 
-    * ``variant="eq4"`` (paper Eq. 4, default)::
+    * ``variant="eq4"`` (paper Eq. 4)::
 
           L_flow(f) = sum_p sum_{q in N(p)} sqrt(|du_p - du_q|^2 + |dv_p - dv_q|^2 + eps)
 
-    * ``variant="eq5"`` (the appendix form, square root outside the sum)::
+    * ``variant="eq5"`` (default, as :class:`stadv.attack.StAdv`'s: the appendix form, square
+      root outside the sum)::
 
           L_flow(f) = s * sqrt(sum_p sum_{q in N(p)} |du_p - du_q|^2 + |dv_p - dv_q|^2 + eps)
 
@@ -155,7 +163,8 @@ def flow_loss(
 
     Args:
         flow: (N, 2, H, W) in the units the attack optimises (the loss is not rescaled).
-        variant: ``"eq4"`` or ``"eq5"``.
+        variant: ``"eq5"`` [default, the same reading as :class:`stadv.attack.StAdv`'s
+            ``flow_loss`` default; see ``docs/reproduction.md`` for why] or ``"eq4"``.
         neighbours: ``"4"`` (up, down, left, right; default), ``"diagonal"`` (the four diagonal
             neighbours, as the TensorFlow reference ``stadv.losses.flow_loss``), or ``"8"``.
             Every ordered pair (p, q) counts, so each unordered pair is summed twice, as the
@@ -164,21 +173,32 @@ def flow_loss(
         eq5_scale: the Eq. 5 factor, see above; must be ``"none"`` for Eq. 4.
     """
     _check_flow(None, flow)
-    var = check_choice("flow loss variant", variant, FLOW_LOSS_VARIANTS)
-    nb = check_choice("neighbours", neighbours, NEIGHBOURS)
-    scale = check_choice("eq5_scale", eq5_scale, EQ5_SCALES)
+    var = cast(FlowLossVariant, check_choice("flow loss variant", variant, FLOW_LOSS_VARIANTS))
+    nb = cast(Neighbours, check_choice("neighbours", neighbours, NEIGHBOURS))
+    scale = cast(Eq5Scale, check_choice("eq5_scale", eq5_scale, EQ5_SCALES))
     if not eps >= 0:
         raise ValueError(f"eps must be >= 0, got {eps}")
     if var == "eq4" and scale != "none":
         raise ValueError(f"eq5_scale={eq5_scale!r} only applies to variant 'eq5'")
-    sq = _neighbour_sq_diffs(flow, nb)
-    if var == "eq4":
+    return flow_loss_unchecked(flow, var, nb, eps, scale)
+
+
+def flow_loss_unchecked(
+    flow: torch.Tensor,
+    variant: FlowLossVariant,
+    neighbours: Neighbours,
+    eps: float,
+    eq5_scale: Eq5Scale,
+) -> torch.Tensor:
+    """:func:`flow_loss` without the argument checks (all validated once by the caller)."""
+    sq = _neighbour_sq_diffs(flow, neighbours)
+    if variant == "eq4":
         return (sq + eps).sqrt().sum(dim=(0, 2, 3))
     total = (sq.sum(dim=(0, 2, 3)) + eps).sqrt()
     n_pixels = float(flow.shape[-1] * flow.shape[-2])
-    if scale == "n":
+    if eq5_scale == "n":
         total = total / n_pixels
-    elif scale == "sqrt_n":
+    elif eq5_scale == "sqrt_n":
         total = total / n_pixels**0.5
     return total
 

@@ -21,7 +21,7 @@ kernel. Measured on this project's 2-core CPU, 1 thread, 170 images (``grad_inpu
 on CPU tensors, while its parameters are frozen; the forward pass and every other layer are
 unchanged (the gradient agrees with oneDNN's to float rounding). A whole stAdv evaluation
 (warp, forward, backward) was measured 1.1-1.3x faster on Models A, B, C.
-:func:`stadv.attack_common.prepared_model` applies it; it restores each module on exit.
+:func:`stadv.model_mode.prepared_model` applies it; it restores each module on exit.
 """
 
 from __future__ import annotations

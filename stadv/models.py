@@ -113,17 +113,6 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def load_pretrained(name: str, *, dataset: str = "mnist", **kwargs: object) -> nn.Module:
-    """Load a trained model from the model store, training it first if it is missing.
-
-    A thin alias of :func:`stadv.store.load_pretrained` (see there for ``store``, ``data_dir``,
-    ``epochs``, ``seed``, ``device``, ``train_if_missing``).
-    """
-    from stadv.store import load_pretrained as _load
-
-    return _load(name, dataset=dataset, **kwargs)  # type: ignore[arg-type]
-
-
 def predict(model: nn.Module, images: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
     """Arg-max class of ``model`` on ``images`` (N, C, H, W), in batches, without gradients."""
     out = []

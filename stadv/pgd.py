@@ -14,18 +14,18 @@ iterate is returned, as in their code.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import ClassVar
 
 import torch
 
-from stadv.attack_common import (
+from stadv.attack_base import (
     AttackBatch,
     PixelAttack,
     check_attack_fields,
-    check_int,
-    check_real,
     count_zero_gradients,
     loss_ascent_gradient,
 )
+from stadv.options import check_int, check_real
 from stadv.result import AttackResult
 
 
@@ -54,6 +54,9 @@ class PGD(PixelAttack):
         >>> result = PGD(epsilon=0.3, alpha=0.01, steps=40)(model, images, labels)
         >>> 1 - result.success.float().mean()                  # accuracy under attack
     """
+
+    name: ClassVar[str] = "pgd"
+    label: ClassVar[str] = "PGD"
 
     epsilon: float = 0.3
     alpha: float = 0.01

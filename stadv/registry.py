@@ -3,7 +3,7 @@
 Each attack is a frozen dataclass of hyper-parameters (its options: :mod:`stadv.options`)
 called as ``attack(model, images, labels, targets=None) -> AttackResult``. Adding an attack to
 the ``stadv attack`` command, to every sweep's attack axis and to the reports is one module
-plus one line in :data:`ATTACKS`.
+plus one line in :data:`ATTACKS`; each class carries its ``name`` and ``label``.
 """
 
 from __future__ import annotations
@@ -34,13 +34,9 @@ class Attack(Protocol):
     ) -> AttackResult: ...
 
 
-#: name -> attack class (the name is what the CLI's ``--attack`` and the sweeps take).
-ATTACKS: dict[str, type[Any]] = {
-    "stadv": StAdv,
-    "fgsm": FGSM,
-    "pgd": PGD,
-    "cw": CarliniWagnerL2,
-}
+#: name -> attack class (the name is what the CLI's ``--attack`` and the sweeps take; each
+#: class's ``name`` class variable, so the key and the class never disagree).
+ATTACKS: dict[str, type[Any]] = {cls.name: cls for cls in (StAdv, FGSM, PGD, CarliniWagnerL2)}
 
 
 def attack_class(name: str) -> type[Any]:
@@ -49,5 +45,6 @@ def attack_class(name: str) -> type[Any]:
 
 
 def label(name: str) -> str:
-    """How tables and figures name attack ``name`` (the class's ``label``, else the name)."""
-    return str(getattr(attack_class(name), "label", name))
+    """How tables and figures name attack ``name`` (its class's ``label``: ``"stAdv"``,
+    ``"FGSM"``, ``"PGD"``, ``"C&W"``)."""
+    return str(attack_class(name).label)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import pickle
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,22 @@ _TENSORS = tuple(
     if f.name not in ("seconds", "stop_reason", "extra")
 )
 FORMAT = "stadv.attack_result/1"
+
+#: What ``torch.load`` raises for a file that is not a readable checkpoint: random bytes
+#: (``UnpicklingError``), a truncated zip (``RuntimeError``, ``EOFError``), a pickle of objects
+#: that ``weights_only`` refuses (``UnpicklingError``), an unreadable file (``OSError``).
+_UNREADABLE = (
+    OSError,
+    EOFError,
+    RuntimeError,
+    pickle.UnpicklingError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    IndexError,
+    KeyError,
+    UnicodeDecodeError,
+)
 
 
 def save_result(result: AttackResult, path: str | Path, *, key: dict[str, Any]) -> Path:
@@ -50,18 +67,29 @@ def load_result(path: str | Path) -> tuple[AttackResult, dict[str, Any]]:
     """``(result, key)`` saved by :func:`save_result` (``torch.load(weights_only=True)``).
 
     Raises:
-        ValueError: the file is not a saved attack result.
+        ValueError: naming ``path``, when the file cannot be read or unpickled (random bytes,
+            a truncated file, a pickle of other objects) or does not hold a saved attack result.
     """
-    payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    try:
+        payload = torch.load(Path(path), map_location="cpu", weights_only=True)
+    except _UNREADABLE as err:
+        raise ValueError(
+            f"{path} is not a readable saved attack result ({type(err).__name__}); "
+            "delete or move it"
+        ) from err
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not a saved attack result (format {FORMAT!r})")
-    result = AttackResult(
-        **{name: payload[name] for name in _TENSORS},
-        seconds=float(payload["seconds"]),
-        stop_reason=tuple(payload["stop_reason"]),
-        extra=dict(payload["extra"]),
-    )
-    return result, dict(payload["key"])
+    try:
+        result = AttackResult(
+            **{name: payload[name] for name in _TENSORS},
+            seconds=float(payload["seconds"]),
+            stop_reason=tuple(payload["stop_reason"]),
+            extra=dict(payload["extra"]),
+        )
+        key = dict(payload["key"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{path} holds an incomplete saved attack result: {err!r}") from err
+    return result, key
 
 
 def concat_results(parts: Sequence[AttackResult], offsets: Sequence[int]) -> AttackResult:

@@ -27,6 +27,7 @@ from torch import nn
 from stadv.data import check_dataset_name, load_tensors
 from stadv.devices import resolve_device
 from stadv.models import build_model, check_model_name, count_parameters
+from stadv.options import check_int
 from stadv.train import TrainLoss, default_recipe, evaluate, train_model
 
 FORMAT_VERSION = 1
@@ -182,12 +183,23 @@ def train_and_store(
     ``epochs`` and ``lr_decay_epochs`` default to the model's :func:`stadv.train.default_recipe`
     (6 epochs for A and B; 10 for C, the last 2 at lr / 10). ``train_limit`` trains on the
     first N training images only (tests, smoke runs).
+
+    Raises:
+        ValueError: a bad argument (``epochs`` < 1, ``lr_decay_epochs`` outside
+            [0, epochs), ``seed`` < 0, ``train_limit`` < 1, an unknown model or dataset),
+            before any data is loaded, any training or any write to the store.
     """
     name = check_model_name(model_name)
     recipe = default_recipe(name)
-    epochs = recipe.epochs if epochs is None else epochs
+    epochs = recipe.epochs if epochs is None else check_int("epochs", epochs, low=1)
     if lr_decay_epochs is None:
         lr_decay_epochs = recipe.lr_decay_epochs if epochs == recipe.epochs else 0
+    check_int("lr_decay_epochs", lr_decay_epochs, low=0)
+    if lr_decay_epochs >= epochs:
+        raise ValueError(f"lr_decay_epochs must be in [0, epochs={epochs}), got {lr_decay_epochs}")
+    check_int("seed", seed, low=0)
+    if train_limit is not None:
+        check_int("train_limit", train_limit, low=1)
     ds = check_dataset_name(dataset)
     dev = resolve_device(device)
     train = load_tensors(ds, split="train", data_dir=data_dir)

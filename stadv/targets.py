@@ -27,15 +27,14 @@ TARGET_PROTOCOLS: tuple[str, ...] = get_args(TargetProtocol)
 #: What an attack's ``targets`` argument accepts.
 TargetSpec = torch.Tensor | str | None
 
-#: The target protocols by name, as command lines and sweep configs spell them:
-#: ``"untargeted"`` is ``targets=None``.
+#: The target protocols by name, untargeted included: how command lines and sweeps spell them.
 TargetChoice = Literal["all", "random", "least-likely", "untargeted"]
 TARGET_CHOICES: tuple[str, ...] = get_args(TargetChoice)
 
 
 def as_target_spec(choice: str) -> TargetSpec:
-    """The ``targets`` argument of an attack for a protocol name of :data:`TARGET_CHOICES`
-    (``"untargeted"`` is None); ``ValueError`` naming the allowed names."""
+    """The ``targets`` argument for protocol name ``choice`` (one of :data:`TARGET_CHOICES`):
+    ``"untargeted"`` is None, the others are themselves. ``ValueError`` names a bad one."""
     if choice not in TARGET_CHOICES:
         raise ValueError(
             f"unknown targets {choice!r}; allowed: {', '.join(map(repr, TARGET_CHOICES))}"
@@ -71,7 +70,7 @@ def expand_targets(
     Args:
         model: the logits model; only used (without gradients) for ``"least-likely"``. The
             caller sets its mode (attacks call this inside
-            :func:`~stadv.attack_common.prepared_model`).
+            :func:`~stadv.model_mode.prepared_model`).
         images: (N, C, H, W).
         labels: (N,) int64 true classes in [0, num_classes).
         targets: None, a tensor (N,) of classes, or a protocol (see the module docstring).

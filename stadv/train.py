@@ -109,6 +109,10 @@ def train_model(
         raise ValueError(f"lr must be > 0, got {lr}")
     if not 0 <= lr_decay_epochs < epochs:
         raise ValueError(f"lr_decay_epochs must be in [0, epochs={epochs}), got {lr_decay_epochs}")
+    if len(data) < 1:
+        raise ValueError("cannot train on an empty data set (0 training images)")
+    if max_batches is not None and max_batches < 1:
+        raise ValueError(f"max_batches must be >= 1, got {max_batches}")
     loss_fn = loss_fn or CrossEntropy()
     if device is None:
         device = next(model.parameters()).device

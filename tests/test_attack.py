@@ -277,3 +277,119 @@ def test_softmax_model_triggers_the_sanity_warning(tiny_model_b: torch.nn.Module
     torch.nn.init.zeros_(zero[1].weight)
     with pytest.warns(SanityWarning, match="gradient"):
         StAdv(max_iterations=1)(zero, x[:2], y[:2], targets="random")
+
+
+# -- the option schema, validation once, no ignored option --------------------------------
+
+
+def test_schema_reports_every_choice_and_leaves_device_out() -> None:
+    from stadv import options
+
+    opts = options.options(StAdv)
+    expected = {
+        "flow_loss": ("eq4", "eq5"),
+        "neighbours": ("4", "diagonal", "8"),
+        "eq5_scale": ("none", "n", "sqrt_n"),
+        "units": ("pixels", "grid"),
+        "padding": ("border", "zeros"),
+        "init": ("zeros", "gaussian", "uniform"),
+        "solver": ("lbfgs", "scipy", "scipy-loop", "adam"),
+        "loss_input": ("logits", "softmax"),
+    }
+    for name, choices in expected.items():
+        assert opts[name].kind == "choice" and opts[name].choices == choices, name
+    assert opts["wolfe"].kind == "choice" and opts["wolfe"].optional
+    assert "device" not in opts
+    assert (StAdv.name, StAdv.label) == ("stadv", "stAdv")
+    assert StAdv(device="cpu").device == "cpu"  # still a field, set by the runtime
+    with pytest.raises(ValueError, match="unknown neighbours '5'"):
+        options.build(StAdv, {"neighbours": "5"})
+
+
+def test_options_are_validated_once_not_per_objective_evaluation(
+    tiny_model_b: torch.nn.Module,
+    batch,  # type: ignore[no-untyped-def]
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import sys
+
+    import stadv.options
+
+    calls: list[str] = []
+    original = stadv.options.check_choice
+
+    def counting(name: str, value: object, allowed: object) -> str:
+        calls.append(name)
+        return original(name, value, allowed)  # type: ignore[arg-type]
+
+    # every stadv module that holds the validator under its own name
+    holders = [m for name, m in sys.modules.items() if name.startswith("stadv") and m is not None]
+    for module in holders:
+        if getattr(module, "check_choice", None) is original:
+            monkeypatch.setattr(module, "check_choice", counting)
+    attack = StAdv(max_iterations=5, solver="lbfgs", flow_loss="eq5", units="grid")
+    assert len(calls) >= 10  # construction validates every choice option
+    calls.clear()
+    x, y = batch
+    result = attack(tiny_model_b, x[:2], y[:2], targets="random")
+    assert int(result.evaluations.sum()) > 2  # the objective ran several times
+    assert calls == []
+    # the public functions still validate their arguments
+    warp(x[:1], torch.zeros(1, 2, 28, 28), units="grid")
+    flow_loss(torch.zeros(1, 2, 3, 3), variant="eq4")
+    assert "units" in calls and "flow loss variant" in calls
+
+
+@pytest.mark.parametrize(
+    ("kw", "match"),
+    [
+        ({"solver": "adam", "pgtol": 1e-3}, "pgtol=0.001 is ignored by solver='adam'"),
+        ({"solver": "adam", "factr": 10.0}, "factr=10.0 is ignored by solver='adam'"),
+        ({"solver": "adam", "history": 5}, "history=5 is ignored by solver='adam'"),
+        ({"solver": "adam", "max_linesearch": 5}, "max_linesearch=5 is ignored by solver='adam'"),
+        ({"solver": "adam", "wolfe": "strong"}, "wolfe='strong' is ignored by solver='adam'"),
+        ({"solver": "lbfgs", "lr": 0.1}, "lr=0.1 is ignored by solver='lbfgs'"),
+        ({"solver": "scipy", "lr": 0.1}, "lr=0.1 is ignored by solver='scipy'"),
+        ({"solver": "scipy-loop", "lr": 0.1}, "lr=0.1 is ignored by solver='scipy-loop'"),
+        ({"init": "zeros", "init_scale": 0.5}, "init_scale=0.5 is ignored by init='zeros'"),
+        ({"restarts": 0, "restart_scale": 0.1}, "restart_scale=0.1 is ignored by restarts=0"),
+        ({"max_iterations": 0, "restarts": 3}, "restarts=3 is ignored by max_iterations=0"),
+        (
+            {"max_iterations": 0, "restart_scale": 0.1},
+            "restart_scale=0.1 is ignored by max_iterations=0",
+        ),
+    ],
+)
+def test_an_ignored_option_is_an_error(kw: dict[str, object], match: str) -> None:
+    with pytest.raises(ValueError, match=match.replace("(", r"\(")):
+        StAdv(**kw)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    "kw",
+    [
+        {"solver": "adam", "lr": 0.1},
+        {"solver": "lbfgs", "pgtol": 1e-3, "factr": 10.0, "history": 5, "wolfe": "strong"},
+        {"solver": "scipy", "max_linesearch": 5, "wolfe": "strong"},
+        {"init": "gaussian", "init_scale": 0.5},
+        {"restarts": 2, "restart_scale": 0.1},
+        {"max_iterations": 0, "restarts": 1},  # the defaults stay allowed
+    ],
+)
+def test_options_the_configuration_uses_are_accepted(kw: dict[str, object]) -> None:
+    attack = StAdv(**kw)  # type: ignore[arg-type]
+    assert all(getattr(attack, k) == v for k, v in kw.items())
+
+
+def test_target_choices_spell_untargeted_once() -> None:
+    from stadv.targets import TARGET_CHOICES, as_target_spec
+
+    assert TARGET_CHOICES == ("all", "random", "least-likely", "untargeted")
+    assert as_target_spec("untargeted") is None
+    assert [as_target_spec(c) for c in ("all", "random", "least-likely")] == [
+        "all",
+        "random",
+        "least-likely",
+    ]
+    with pytest.raises(ValueError, match="unknown targets 'none'; allowed: 'all'"):
+        as_target_spec("none")

@@ -10,10 +10,12 @@ import pytest
 import torch
 from torch import nn
 
-from stadv.attack_common import finalize_result, margin_loss, prepared_model
+from stadv.attack_base import finalize_result
 from stadv.cw import CarliniWagnerL2
 from stadv.data import TensorData
 from stadv.fgsm import FGSM
+from stadv.margin import margin_loss
+from stadv.model_mode import prepared_model
 from stadv.pgd import PGD
 from stadv.result import AttackResult
 from stadv.sanity import SanityWarning
@@ -464,3 +466,18 @@ def test_empty_batch(name: str, targets: str | None, tiny_model_b: nn.Module) ->
     assert len(r) == 0 and r.adv_images.shape == (0, 1, 28, 28)
     assert r.l2.shape == r.linf.shape == r.margin.shape == (0,)
     assert (r.targets is None) == (targets is None)
+
+
+def test_registry_reads_each_attack_class_name_and_label() -> None:
+    from stadv import options
+    from stadv.attack import StAdv
+    from stadv.registry import ATTACKS, attack_class, label
+
+    assert ATTACKS == {"stadv": StAdv, "fgsm": FGSM, "pgd": PGD, "cw": CarliniWagnerL2}
+    assert all(cls.name == name for name, cls in ATTACKS.items())
+    assert [label(n) for n in ATTACKS] == ["stAdv", "FGSM", "PGD", "C&W"]
+    assert attack_class("pgd") is PGD
+    with pytest.raises(ValueError, match="unknown attack 'deepfool'"):
+        attack_class("deepfool")
+    for cls in ATTACKS.values():
+        assert "device" not in options.options(cls) and "name" not in options.options(cls)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from stadv.attack import StAdv
-from stadv.cli import main
 from stadv.result_io import concat_results, load_result, save_result
+from stadv_cli.main import main
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -188,7 +188,7 @@ def test_results_round_trip_and_concatenate(
 
 
 def test_block_digest_tells_other_images_and_weights_apart() -> None:
-    from stadv.cli_attack import _digest
+    from stadv_cli.attack import _digest
 
     x = torch.rand(2, 1, 4, 4)
     y = torch.tensor([1, 2])
@@ -198,3 +198,140 @@ def test_block_digest_tells_other_images_and_weights_apart() -> None:
     moved[0, 0, 0, 0] += 1e-6  # one pixel, one float step away
     assert _digest({"x": moved, "y": y}) != same
     assert _digest({"x": x, "y": torch.tensor([1, 3])}) != same
+
+
+# -- the attack registry and option schema on the command line; bad input --------------------
+
+
+def strict_json(text: str) -> dict:
+    """``json.loads`` that refuses NaN and infinities (invalid JSON that Python writes)."""
+
+    def refuse(token: str) -> None:
+        raise ValueError(f"invalid JSON constant {token}")
+
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_bad_attack_option_exits_2_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    flags = ["--no-download", "--data-dir", str(tmp_path / "data"), "--store", str(tmp_path / "s")]
+    assert main(["attack", "--check", "banana", *flags]) == 2
+    err = capsys.readouterr().err
+    assert "check='banana' is invalid: expected true or false" in err
+    assert main(["attack", "--solver", "newton", *flags]) == 2
+    assert "unknown solver 'newton'" in capsys.readouterr().err
+    # a flag of another attack: named, with the attacks that have it
+    assert main(["attack", "--attack", "fgsm", "--tau", "0.1", *flags]) == 2
+    assert "--tau is not an option of --attack fgsm (it is one of stadv)" in capsys.readouterr().err
+    # a value the chosen attack refuses at construction
+    assert main(["attack", "--attack", "pgd", "--steps", "0", *flags]) == 2
+    assert "steps must be an integer >= 1, got 0" in capsys.readouterr().err
+    assert main(["attack", "--lr", "0.5", *flags]) == 2  # ignored by the default solver
+    assert "lr=0.5 is ignored by solver='lbfgs'" in capsys.readouterr().err
+    assert not (tmp_path / "data").exists() and not (tmp_path / "s").exists()
+    with pytest.raises(SystemExit) as info:  # argparse: an unregistered attack
+        main(["attack", "--attack", "deepfool", *flags])
+    assert info.value.code == 2
+    with pytest.raises(SystemExit) as info:  # the old spelling of untargeted is gone
+        main(["attack", "--targets", "none", *flags])
+    assert info.value.code == 2
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--start", "-1"], "--start must be >= 0, got -1"),
+        (["--n-images", "0"], "--n-images must be >= 1, got 0"),
+        (["--block-images", "-2"], "--block-images must be >= 1, got -2"),
+    ],
+)
+def test_bad_attack_arguments_exit_2_before_any_work(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    data, store = tmp_path / "data", tmp_path / "s"
+    argv = ["attack", "--no-download", "--data-dir", str(data), "--store", str(store), *extra]
+    assert main(argv) == 2
+    assert message in capsys.readouterr().err
+    assert not data.exists() and not store.exists()
+
+
+def test_untargeted_json_is_valid_json(
+    tmp_path: Path, common: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    args = attack_args(out, "--targets", "untargeted", "--max-iterations", "0")
+    assert main([*args, *common]) == 0
+    row = strict_json(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["targets"] == "untargeted" and row["n_attacks"] == 3
+    assert row["targeted_success_rate"] is None  # NaN: no targets in an untargeted run
+    assert isinstance(row["untargeted_success_rate"], float)
+    assert strict_json((out / "summary.json").read_text())["targeted_success_rate"] is None
+    assert (pd.read_csv(out / "attacks.csv")["target"] == -1).all()
+
+
+def test_pixel_attack_from_the_registry_has_no_flow_outputs(
+    tmp_path: Path, common: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "fgsm"
+    args = [
+        "attack",
+        "--attack",
+        "fgsm",
+        "--epsilon",
+        "0.2",
+        "--model",
+        "B",
+        "--no-train",
+        "--start",
+        "1",
+        "--n-images",
+        "3",
+        "--block-images",
+        "2",
+        "--targets",
+        "random",
+        "--out",
+        str(out),
+        "--json",
+    ]
+    assert main([*args, *common]) == 0
+    row = strict_json(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["attack"] == "fgsm" and row["params"]["epsilon"] == 0.2 and row["n_attacks"] == 3
+    assert "mean_flow_loss" not in row and "stop_reasons" not in row
+    assert not (out / "flow_quiver.png").exists() and (out / "figure2.png").is_file()
+    table = pd.read_csv(out / "attacks.csv")
+    assert len(table) == 3 and "flow_loss" not in table.columns
+    # the blocks' key names the attack: stAdv cannot resume FGSM's blocks
+    assert main([*attack_args(out, "--resume", "--targets", "random"), *common]) == 2
+    err = capsys.readouterr().err
+    assert "attack: saved 'fgsm', now 'stadv'" in err
+
+
+def test_garbage_block_on_resume_exits_2_naming_it(
+    tmp_path: Path, common: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "run"
+    assert main([*attack_args(out, "--max-iterations", "0"), *common]) == 0
+    capsys.readouterr()
+    blocks = out / "blocks"
+    garbage = blocks / "images_00003-00003.pt"
+    garbage.write_bytes(torch.randint(0, 256, (4096,), dtype=torch.uint8).numpy().tobytes())
+    before = {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    assert main([*attack_args(out, "--max-iterations", "0", "--resume"), *common]) == 2
+    err = capsys.readouterr().err
+    assert f"{garbage} is not a readable saved attack result" in err
+    assert "Traceback" not in err
+    assert {p.name: p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_load_result_names_an_unreadable_file(tmp_path: Path) -> None:
+    for name, payload in (("random.pt", bytes(range(256)) * 8), ("empty.pt", b"")):
+        path = tmp_path / name
+        path.write_bytes(payload)
+        with pytest.raises(ValueError, match=f"{path} is not a readable saved attack result"):
+            load_result(path)
+    path = tmp_path / "partial.pt"
+    torch.save({"format": "stadv.attack_result/1", "key": {}}, path)
+    with pytest.raises(ValueError, match=f"{path} holds an incomplete saved attack result"):
+        load_result(path)

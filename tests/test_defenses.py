@@ -32,14 +32,14 @@ from defenses.denoiser import (
     save_denoiser,
     train_denoiser,
 )
-from stadv.cli import build_parser, main
-from stadv.cli_defense import defense_training
 from stadv.data import TensorData
 from stadv.fgsm import FGSM
 from stadv.models import build_model
 from stadv.pgd import PGD
 from stadv.store import CheckpointError, checkpoint_path, read_info
 from stadv.train import evaluate, train_model
+from stadv_cli.defense import defense_training
+from stadv_cli.main import build_parser, main
 
 
 def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
@@ -435,3 +435,60 @@ def test_defense_training_builds_the_losses() -> None:
     )
     assert pgd.loss_fn == PGDAdversarialLoss(epsilon=0.1, alpha=0.01, steps=7, adv_weight=1.0)
     assert pgd.variant == "adv-pgd" and pgd.extra["defense_params"]["steps"] == 7
+
+
+def test_build_defense_training_is_the_library_function_behind_the_cli() -> None:
+    from defenses.registry import build_defense_training
+
+    assert build_defense_training("none", model_name="B") == defense_training(
+        build_parser().parse_args(["train", "--model", "B"]), "B"
+    )
+    pgd = build_defense_training("pgd", model_name="b", epsilon=0.1, pgd_steps=7)
+    assert pgd.loss_fn == PGDAdversarialLoss(epsilon=0.1, alpha=0.01, steps=7, adv_weight=1.0)
+    assert pgd.variant == "adv-pgd" and pgd.extra == {
+        "defense": "pgd",
+        "defense_params": {
+            "epsilon": 0.1,
+            "alpha": 0.01,
+            "steps": 7,
+            "random_start": True,
+            "adv_weight": 1.0,
+            "bounds": (0.0, 1.0),
+        },
+    }
+    fgsm = build_defense_training("fgsm", model_name="A", adv_weight=0.25)
+    assert fgsm.loss_fn == FGSMAdversarialLoss(epsilon=0.3, adv_weight=0.25)
+    for kwargs, match in (
+        ({"defense": "mixup"}, "unknown defense 'mixup'"),
+        ({"defense": "fgsm", "adv_weight": 1.5}, "adv_weight must lie in"),
+        ({"defense": "none", "pgd_steps": 0}, "pgd_steps must be an integer >= 1"),
+        ({"defense": "ensemble", "static_models": []}, "static_models must name at least one"),
+        ({"defense": "ensemble", "static_models": ["Z"]}, "unknown model 'Z'"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            build_defense_training(model_name="B", **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"train_limit": 0}, "train_limit must be an integer >= 1, got 0"),
+        ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
+        ({"noise_std": -0.1}, "noise_std must be a finite number >= 0"),
+        ({"variant": "../x"}, "variant '../x'"),
+    ],
+)
+def test_train_and_store_denoiser_refuses_bad_arguments_before_any_work(
+    tmp_path: Path, data_root: Path, kwargs: dict[str, object], match: str
+) -> None:
+    from defenses.denoiser import train_and_store_denoiser
+
+    with pytest.raises(ValueError, match=match):
+        train_and_store_denoiser(
+            "mnist",
+            store=tmp_path / "store",
+            data_dir=data_root,
+            device="cpu",
+            **kwargs,  # type: ignore[arg-type]
+        )
+    assert not (tmp_path / "store").exists()

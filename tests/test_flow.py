@@ -96,8 +96,12 @@ def test_eq4_diagonal_and_eight_by_hand() -> None:
     # adjacent pixel along the edge. Per pixel: (0,0): 0 + 1 + 2 + 0; (0,1): 1 + 0 + sqrt5 + 1;
     # (1,0): 2 + sqrt5 + 0 + 2; (1,1): 0 + 1 + 2 + 0  ->  12 + 2 sqrt5.
     diagonal = 12 + 2 * math.sqrt(5)
-    assert float(flow_loss(_hand_flow(), neighbours="diagonal", eps=eps)) == pytest.approx(diagonal)
-    assert float(flow_loss(_hand_flow(), neighbours=8, eps=eps)) == pytest.approx(12 + diagonal)
+    assert float(
+        flow_loss(_hand_flow(), variant="eq4", neighbours="diagonal", eps=eps)
+    ) == pytest.approx(diagonal)
+    assert float(flow_loss(_hand_flow(), variant="eq4", neighbours=8, eps=eps)) == pytest.approx(
+        12 + diagonal
+    )
 
 
 def test_eq5_is_the_root_of_the_summed_squares() -> None:
@@ -114,7 +118,7 @@ def test_eq5_is_the_root_of_the_summed_squares() -> None:
 
 def test_constant_flow_costs_only_eps() -> None:
     f = torch.full((2, 2, 5, 5), 0.7)
-    assert torch.allclose(flow_loss(f, eps=1e-8), torch.full((2,), 100 * 1e-4))
+    assert torch.allclose(flow_loss(f, variant="eq4", eps=1e-8), torch.full((2,), 100 * 1e-4))
 
 
 def test_per_sample_losses_are_independent() -> None:
@@ -129,7 +133,7 @@ def test_per_sample_losses_are_independent() -> None:
     [
         ({"variant": "eq6"}, "flow loss variant 'eq6'"),
         ({"neighbours": 6}, "neighbours 6"),
-        ({"eq5_scale": "n"}, "only applies to variant 'eq5'"),
+        ({"variant": "eq4", "eq5_scale": "n"}, "only applies to variant 'eq5'"),
         ({"variant": "eq5", "eq5_scale": "pixels"}, "eq5_scale 'pixels'"),
         ({"eps": -1.0}, "eps must be >= 0"),
     ],
@@ -146,3 +150,12 @@ def test_bad_warp_arguments_raise() -> None:
         warp(torch.zeros(1, 1, 3, 3), torch.zeros(1, 2, 3, 3), units="cm")
     with pytest.raises(ValueError, match="does not match"):
         warp(torch.zeros(1, 1, 3, 3), torch.zeros(1, 2, 4, 3))
+
+
+def test_default_variant_is_eq5_like_stadv() -> None:
+    from stadv.attack import StAdv
+
+    f = _hand_flow()
+    assert torch.equal(flow_loss(f), flow_loss(f, variant="eq5"))
+    assert not torch.equal(flow_loss(f), flow_loss(f, variant="eq4"))
+    assert StAdv().flow_loss == "eq5"

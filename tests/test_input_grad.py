@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from stadv.attack_common import prepared_model
 from stadv.input_grad import native_input_grad
+from stadv.model_mode import prepared_model
 
 
 def _net(in_channels: int, stride: int, padding: int, dilation: int = 1) -> nn.Sequential:

@@ -120,3 +120,30 @@ def test_bad_training_arguments(mnist_train_small: TensorData) -> None:
         train_model(build_model("B"), mnist_train_small, epochs=0)
     with pytest.raises(ValueError, match="variant"):
         checkpoint_path("A", "mnist", variant="../evil")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"train_limit": 0}, "train_limit must be an integer >= 1, got 0"),
+        ({"train_limit": -5}, "train_limit must be an integer >= 1, got -5"),
+        ({"epochs": 0}, "epochs must be an integer >= 1, got 0"),
+        ({"epochs": 2, "lr_decay_epochs": 2}, r"lr_decay_epochs must be in \[0, epochs=2\), got 2"),
+        ({"seed": -1}, "seed must be an integer >= 0, got -1"),
+    ],
+)
+def test_train_and_store_refuses_bad_arguments_before_any_work(
+    tmp_path: Path, data_root: Path, kwargs: dict[str, int], match: str
+) -> None:
+    store = tmp_path / "store"
+    with pytest.raises(ValueError, match=match):
+        train_and_store("B", store=store, data_dir=data_root, device="cpu", **kwargs)  # type: ignore[arg-type]
+    assert not store.exists()
+
+
+def test_train_model_refuses_an_empty_data_set(mnist_train_small: TensorData) -> None:
+    model = build_model("B")
+    before = [p.detach().clone() for p in model.parameters()]
+    with pytest.raises(ValueError, match="cannot train on an empty data set"):
+        train_model(model, mnist_train_small.slice(0, 0), epochs=1, progress=False)
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters(), strict=True))

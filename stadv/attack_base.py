@@ -1,81 +1,35 @@
-"""What every attack shares: the model's attack mode, the margin, and the result record.
+"""What every attack's call shares: the prepared batch, the result record, pixel-attack helpers.
 
-* :func:`prepared_model`: a context manager that puts a model in eval mode with parameter
-  gradients off and restores both on exit (attacks and adversarial training use it).
-* :func:`margin_loss`: the Carlini-Wagner margin on logits Z, per sample.
+* :func:`attack_batch`: the shared start of an attack call, as a context manager: timer, input
+  checks (:func:`check_inputs`), :func:`~stadv.model_mode.prepared_model`,
+  :func:`~stadv.sanity.check_model`, :func:`~stadv.targets.expand_targets`. It yields an
+  :class:`AttackBatch`, whose :meth:`AttackBatch.finish` builds the result.
 * :func:`finalize_result`: builds an :class:`~stadv.result.AttackResult` from adversarial
   images, always from the model's own prediction on them.
-* :class:`PixelAttack`: base of the pixel-space attacks, whose ``__call__`` runs
-  :func:`attack_batch` (timer, input checks, :func:`prepared_model`,
-  :func:`~stadv.sanity.check_model`, :func:`~stadv.targets.expand_targets`) and hands the
-  resulting :class:`AttackBatch` to the attack; :meth:`AttackBatch.finish` builds the result.
-* small validators for hyper-parameters (``ValueError`` naming the bad value), and
-  :func:`check_attack_fields` for the fields every pixel-space attack shares.
+* :class:`PixelAttack`: base of the pixel-space attacks (FGSM, PGD, C&W), whose ``__call__``
+  runs :func:`attack_batch` and hands the batch to the attack; :func:`check_attack_fields`
+  checks the fields they share.
+* :func:`loss_ascent_gradient`, :func:`count_zero_gradients`: the cross-entropy input gradient
+  the gradient-sign attacks step along, and how many samples had none.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar, Protocol
 
 import torch
 from torch import nn
 
-from stadv.input_grad import native_input_grad
+from stadv.margin import margin_loss
+from stadv.model_mode import prepared_model
+from stadv.options import check_bounds, check_int
 from stadv.result import AttackResult
 from stadv.sanity import check_model
 from stadv.targets import TargetSpec, expand_targets
-
-
-@contextmanager
-def prepared_model(model: nn.Module) -> Iterator[nn.Module]:
-    """``model`` in eval mode with ``requires_grad=False`` on every parameter, restored on exit.
-
-    Eval mode turns dropout off (and uses running batch-norm statistics), so an attack sees the
-    deterministic function it is evaluated on; frozen parameters mean input gradients cost no
-    parameter gradients and leave ``.grad`` untouched. On the CPU, few-channel convolutions
-    take their input gradient from torch's native kernel instead of oneDNN's
-    (:func:`stadv.input_grad.native_input_grad`: same values to rounding, 5-8x faster for a
-    1-channel first layer). The training flag of every sub-module, the ``requires_grad`` of
-    every parameter and every module's ``forward`` are restored, also on an exception.
-
-    Example::
-
-        >>> with prepared_model(model) as net:
-        ...     adv = attack_step(net, images)
-    """
-    modes = [(m, m.training) for m in model.modules()]
-    grads = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in grads:
-            p.requires_grad_(False)
-        with native_input_grad(model):
-            yield model
-    finally:
-        for m, training in modes:
-            m.training = training
-        for p, flag in grads:
-            p.requires_grad_(flag)
-
-
-def margin_loss(
-    logits: torch.Tensor, labels: torch.Tensor, targets: torch.Tensor | None
-) -> torch.Tensor:
-    """Per-sample adversarial margin on logits Z (Carlini & Wagner 2017, f_6 with kappa = 0).
-
-    Targeted: ``max_{i != t} Z_i - Z_t``; untargeted: ``Z_y - max_{i != y} Z_i``. Negative means
-    the attack succeeds (ties aside). Args: ``logits`` (M, K), ``labels`` (M,), ``targets`` (M,)
-    or None. Returns (M,). Differentiable in ``logits``.
-    """
-    cls = labels if targets is None else targets
-    own = logits.gather(1, cls.unsqueeze(1)).squeeze(1)
-    others = logits.scatter(1, cls.unsqueeze(1), float("-inf")).amax(dim=1)
-    return own - others if targets is None else others - own
 
 
 def _per_sample(value: int | torch.Tensor, m: int, device: torch.device) -> torch.Tensor:
@@ -174,6 +128,20 @@ def finalize_result(
     )
 
 
+class CallSettings(Protocol):
+    """The fields :func:`attack_batch` reads from an attack: ``num_classes``, ``seed`` (an int,
+    or None where the attack allows it; the target protocols then use 0) and ``check``."""
+
+    @property
+    def num_classes(self) -> int: ...
+
+    @property
+    def seed(self) -> int | None: ...
+
+    @property
+    def check(self) -> bool: ...
+
+
 @dataclass(frozen=True)
 class AttackBatch:
     """One attack call's prepared batch, as :func:`attack_batch` yields it.
@@ -198,8 +166,15 @@ class AttackBatch:
         evaluations: int | torch.Tensor,
         stop_reason: str | Sequence[str],
         extra: dict[str, Any],
+        flows: torch.Tensor | None = None,
+        flow_loss: torch.Tensor | None = None,
+        success_margin: float = 0.0,
     ) -> AttackResult:
-        """:func:`finalize_result` of ``adv_images`` for this batch, timed from ``start``."""
+        """:func:`finalize_result` of ``adv_images`` for this batch, timed from ``start``.
+
+        ``flows`` and ``flow_loss`` (stAdv's flow fields (M, 2, H, W) and L_flow (M,)) and
+        ``success_margin`` are passed on as they are (see :func:`finalize_result`).
+        """
         return finalize_result(
             self.net,
             adv_images=adv_images,
@@ -211,37 +186,46 @@ class AttackBatch:
             evaluations=evaluations,
             stop_reason=stop_reason,
             seconds=time.perf_counter() - self.start,
+            flows=flows,
+            flow_loss=flow_loss,
             extra=extra,
+            success_margin=success_margin,
         )
 
 
 @contextmanager
 def attack_batch(
-    attack: PixelAttack,
+    attack: CallSettings,
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
     targets: TargetSpec,
+    *,
+    bounds: tuple[float, float] | None = None,
+    device: torch.device | None = None,
 ) -> Iterator[AttackBatch]:
-    """The shared start of a pixel-space attack's call, as a context manager.
+    """The shared start of an attack's call, as a context manager.
 
-    Starts the timer, validates the inputs against ``attack.bounds`` (:func:`check_inputs`),
-    detaches them, enters :func:`prepared_model` (restored on exit), warns about a suspicious
-    model on the first 8 images when ``attack.check`` (:func:`stadv.sanity.check_model`), and
-    expands the targets (:func:`stadv.targets.expand_targets` with ``attack.num_classes`` and
-    ``attack.seed``, 0 where it is None).
+    Starts the timer, validates the inputs (:func:`check_inputs`; their range against
+    ``bounds`` unless it is None), detaches them and moves them to ``device`` (None: where they
+    are), enters :func:`~stadv.model_mode.prepared_model` (restored on exit), warns about a
+    suspicious model on the first 8 images when ``attack.check``
+    (:func:`stadv.sanity.check_model`), and expands the targets
+    (:func:`stadv.targets.expand_targets` with ``attack.num_classes`` and ``attack.seed``, 0
+    where it is None).
 
     Example::
 
-        >>> with attack_batch(self, model, images, labels, targets) as batch:
+        >>> with attack_batch(self, model, images, labels, targets, bounds=(0.0, 1.0)) as batch:
         ...     adv = step(batch.net, batch.images, batch.labels, batch.targets)
         ...     result = batch.finish(adv, iterations=1, evaluations=1,
         ...                           stop_reason="single_step", extra={})
     """
     start = time.perf_counter()
-    check_inputs(images, labels, attack.bounds)
-    x0 = images.detach()
-    y0 = labels.detach().to(images.device)
+    check_inputs(images, labels, bounds)
+    dev = images.device if device is None else device
+    x0 = images.detach().to(dev)
+    y0 = labels.detach().to(dev)
     with prepared_model(model) as net:
         if attack.check and x0.shape[0]:
             check_model(net, x0[:8])
@@ -257,12 +241,16 @@ class PixelAttack:
 
     A subclass is a frozen dataclass with the fields ``bounds``, ``num_classes``, ``seed`` (an
     int, or None where the attack allows it; the target protocols then use 0) and ``check``,
-    and implements :meth:`_attack`.
+    the class variables ``name`` (its :data:`stadv.registry.ATTACKS` key) and ``label`` (how
+    tables name it), and implements :meth:`_attack`.
 
     Call: ``attack(model, images, labels, targets=None) -> AttackResult``: runs
-    :func:`attack_batch` and, inside it (model in attack mode), returns ``_attack(batch)``.
+    :func:`attack_batch` (inputs checked against ``bounds``) and, inside it (model in attack
+    mode), returns ``_attack(batch)``.
     """
 
+    name: ClassVar[str]
+    label: ClassVar[str]
     bounds: tuple[float, float]
     num_classes: int
     seed: int | None
@@ -275,45 +263,12 @@ class PixelAttack:
         labels: torch.Tensor,
         targets: TargetSpec = None,
     ) -> AttackResult:
-        with attack_batch(self, model, images, labels, targets) as batch:
+        with attack_batch(self, model, images, labels, targets, bounds=self.bounds) as batch:
             return self._attack(batch)
 
     def _attack(self, batch: AttackBatch) -> AttackResult:
         """The attack proper on the prepared ``batch``; returns ``batch.finish(...)``."""
         raise NotImplementedError
-
-
-# -- validators --------------------------------------------------------------------------
-
-
-def check_real(name: str, value: object, *, low: float = 0.0, strict: bool = False) -> float:
-    """``value`` as a finite float ``>= low`` (``> low`` when ``strict``); else ``ValueError``."""
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        if value > low or (value == low and not strict):
-            return float(value)
-    raise ValueError(
-        f"{name} must be a finite number {'>' if strict else '>='} {low}, got {value!r}"
-    )
-
-
-def check_int(name: str, value: object, *, low: int) -> int:
-    """``value`` as an int ``>= low`` (bools refused); else ``ValueError``."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
-    return value
-
-
-def check_bounds(bounds: object) -> tuple[float, float]:
-    """``bounds`` as a pair of finite floats ``(low, high)`` with ``low < high``."""
-    if not isinstance(bounds, (tuple, list)) or len(bounds) != 2:
-        raise ValueError(f"bounds must be a pair (low, high), got {bounds!r}")
-    lo, hi = bounds
-    for v in (lo, hi):
-        if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-            raise ValueError(f"bounds must be finite numbers, got {bounds!r}")
-    if not lo < hi:
-        raise ValueError(f"bounds must satisfy low < high, got {bounds!r}")
-    return float(lo), float(hi)
 
 
 def check_attack_fields(attack: PixelAttack) -> None:
@@ -326,15 +281,22 @@ def check_attack_fields(attack: PixelAttack) -> None:
         check_int("seed", attack.seed, low=0)
 
 
-def check_inputs(images: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float]) -> None:
-    """Shape and range checks shared by the pixel-space attacks."""
+def check_inputs(
+    images: torch.Tensor, labels: torch.Tensor, bounds: tuple[float, float] | None
+) -> None:
+    """Shape and dtype checks shared by the attacks, and the range check against ``bounds``
+    (skipped when it is None)."""
     if images.dim() != 4:
         raise ValueError(f"images must have shape (N, C, H, W), got {tuple(images.shape)}")
     if not images.dtype.is_floating_point:
         raise ValueError(f"images must be a floating-point tensor, got {images.dtype}")
     if labels.shape != images.shape[:1]:
         raise ValueError(f"labels must have shape ({images.shape[0]},), got {tuple(labels.shape)}")
-    if images.numel() and (float(images.min()) < bounds[0] or float(images.max()) > bounds[1]):
+    if (
+        bounds is not None
+        and images.numel()
+        and (float(images.min()) < bounds[0] or float(images.max()) > bounds[1])
+    ):
         raise ValueError(
             f"images must lie in bounds {bounds}, "
             f"got values in [{float(images.min())}, {float(images.max())}]"

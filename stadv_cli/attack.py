@@ -1,9 +1,14 @@
-"""``stadv attack``: run stAdv on test images K .. K+n-1 and print one JSON object.
+"""``stadv attack``: run a registered attack on test images K .. K+n-1 and print one JSON object.
 
-Every :class:`~stadv.attack.StAdv` option is a flag (``--tau``, ``--kappa``, ``--solver``, ...).
+``--attack NAME`` picks the attack from :data:`stadv.registry.ATTACKS` (default ``stadv``).
+Every option of every registered attack is a flag (``--tau``, ``--epsilon``, ``--solver``, ...),
+generated from the attacks' option schema (:mod:`stadv.options`); the chosen attack's flags are
+typed and checked by the schema, and a flag the chosen attack does not have is an error.
+
 The images are attacked in blocks of ``--block-images`` (one progress line each on stderr);
 with ``--out DIR`` each block's result is saved in ``DIR/blocks/`` as soon as it is done, and
-``--resume`` continues an interrupted run from them (the same model, images and options, checked).
+``--resume`` continues an interrupted run from them (the same attack, model, images and options,
+checked before anything is attacked).
 """
 
 from __future__ import annotations
@@ -12,41 +17,56 @@ import argparse
 import dataclasses
 import hashlib
 import json
+import math
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from stadv.attack import CHOICES, StAdv
+import torch
+from torch import nn
 
-if TYPE_CHECKING:
-    import torch
+from stadv import plots
+from stadv.data import load_tensors
+from stadv.devices import resolve_device
+from stadv.metrics import attack_table, summarize
+from stadv.model_mode import prepared_model
+from stadv.models import check_model_name
+from stadv.options import Option, add_option_flags, build, options
+from stadv.registry import ATTACKS
+from stadv.result import AttackResult
+from stadv.result_io import concat_results, load_result, save_result
+from stadv.store import load_pretrained
+from stadv.targets import TARGET_CHOICES, as_target_spec, expand_targets
+from stadv_cli.common import add_common, check_flags, prepare_data
 
-TARGET_CHOICES = ("all", "random", "least-likely", "none")
-
-_SKIP = {"device"}  # set by the common --device flag
+_DEST = "attack_"
 
 
-def _field_type(f: dataclasses.Field[Any]) -> Callable[[str], Any]:
-    default = f.default
-    if isinstance(default, bool):
-        return lambda s: s.lower() in ("1", "true", "yes", "on")
-    if isinstance(default, int):
-        return int
-    return float if isinstance(default, float) or f.name == "init_scale" else str
+def _all_options() -> dict[str, tuple[Option, list[str]]]:
+    """Every registered attack's options by name: the first attack's :class:`Option` and the
+    names of the attacks that have it."""
+    out: dict[str, tuple[Option, list[str]]] = {}
+    for attack_name, cls in ATTACKS.items():
+        for name, opt in options(cls).items():
+            out.setdefault(name, (opt, []))[1].append(attack_name)
+    return out
 
 
-def add_attack_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], None]) -> None:
-    p = sub.add_parser("attack", help="run stAdv on test images and print a JSON summary")
+def add_attack_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Add the ``attack`` sub-command."""
+    p = sub.add_parser("attack", help="run an attack on test images and print a JSON summary")
+    p.add_argument(
+        "--attack", default="stadv", choices=tuple(ATTACKS), help="the attack (default stadv)"
+    )
     p.add_argument("--model", default="A", help="A, B or C")
-    p.add_argument("--start", type=int, default=0, help="first test image (K)")
-    p.add_argument("--n-images", type=int, default=100)
+    p.add_argument("--start", type=int, default=0, help="first test image (K, >= 0)")
+    p.add_argument("--n-images", type=int, default=100, help="images to attack (>= 1)")
     p.add_argument(
         "--targets",
         default="all",
         choices=TARGET_CHOICES,
-        help="target protocol; 'none' = untargeted",
+        help="target protocol (default all)",
     )
     p.add_argument("--out", default=None, help="folder for figures and the per-attack table")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
@@ -64,53 +84,62 @@ def add_attack_parser(sub: Any, add_common: Callable[[argparse.ArgumentParser], 
     p.add_argument(
         "--no-train", action="store_true", help="fail instead of training a missing model"
     )
-    for f in dataclasses.fields(StAdv):
-        if f.name in _SKIP:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        kwargs: dict[str, Any] = {
-            "default": None,
-            "dest": f"attack_{f.name}",
-            "type": _field_type(f),
-        }
-        if f.name in CHOICES:
-            kwargs["choices"] = CHOICES[f.name]
-        p.add_argument(flag, help=f"StAdv.{f.name} (default {f.default!r})", **kwargs)
+    g = p.add_argument_group("attack options (each attack's own; see --attack)")
+    for name, (opt, owners) in _all_options().items():
+        add_option_flags(g, {name: opt}, dest_prefix=_DEST, owner=", ".join(owners))
     add_common(p)
     p.set_defaults(handler=cmd_attack)
 
 
-def attack_from_args(args: argparse.Namespace) -> StAdv:
-    overrides = {
-        f.name: getattr(args, f"attack_{f.name}")
-        for f in dataclasses.fields(StAdv)
-        if f.name not in _SKIP and getattr(args, f"attack_{f.name}", None) is not None
-    }
-    return StAdv(**overrides)
+def attack_from_args(args: argparse.Namespace) -> Any:
+    """The attack ``args.attack`` built from its given flags (:func:`stadv.options.build`).
+
+    Raises ``ValueError`` naming a flag the attack does not have, or a bad value.
+    """
+    cls = ATTACKS[args.attack]
+    own = options(cls)
+    raw: dict[str, Any] = {}
+    for name, (opt, owners) in _all_options().items():
+        value = getattr(args, _DEST + name, None)
+        if value is None:
+            continue
+        if name not in own:
+            raise ValueError(
+                f"{opt.flag} is not an option of --attack {args.attack} "
+                f"(it is one of {', '.join(owners)})"
+            )
+        raw[name] = value
+    return build(cls, raw)
+
+
+def _params(attack: Any) -> dict[str, Any]:
+    return dataclasses.asdict(attack)
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None (JSON ``null``)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def to_json(record: dict[str, Any], *, indent: int | None = None) -> str:
+    """``record`` as valid JSON: NaN and infinities are written as ``null``."""
+    return json.dumps(_finite(record), indent=indent, allow_nan=False)
 
 
 def cmd_attack(args: argparse.Namespace) -> int:
-    import torch
-
-    from stadv import plots
-    from stadv.data import ensure_data, load_tensors
-    from stadv.devices import resolve_device
-    from stadv.metrics import attack_table, summarize
-    from stadv.models import check_model_name
-    from stadv.store import load_pretrained
-
     attack = attack_from_args(args)
     name = check_model_name(args.model)
-    if args.n_images < 1 or args.start < 0:
-        raise ValueError(
-            f"need --start >= 0 and --n-images >= 1, got start={args.start}, n_images={args.n_images}"
-        )
-    ensure_data(
-        args.dataset,
-        data_dir=args.data_dir,
-        source_dir=args.data_source,
-        download=not args.no_download,
-    )
+    check_flags(args, ints={"--start": 0, "--n-images": 1, "--block-images": 1})
+    targets_spec = as_target_spec(args.targets)
+    if args.resume and not args.out:
+        raise ValueError("--resume needs --out (the folder of the run to continue)")
+    prepare_data(args)
     test = load_tensors(args.dataset, split="test", data_dir=args.data_dir)
     if args.start + args.n_images > len(test):
         raise ValueError(
@@ -128,9 +157,11 @@ def cmd_attack(args: argparse.Namespace) -> int:
     )
     data = test.slice(args.start, args.start + args.n_images)
     images, labels = data.images.to(device), data.labels.to(device)
-    result, blocks = _attack_in_blocks(attack, model, images, labels, args, name)
+    result, blocks = _attack_in_blocks(attack, model, images, labels, targets_spec, args, name)
     summary = summarize(result)
+    has_flows = result.flows is not None
     record: dict[str, Any] = {
+        "attack": args.attack,
         "model": name,
         "dataset": args.dataset,
         "start": args.start,
@@ -139,40 +170,39 @@ def cmd_attack(args: argparse.Namespace) -> int:
         "n_attacks": len(result),
         "targeted_success_rate": summary.get("targeted_success_rate", float("nan")),
         "untargeted_success_rate": summary["untargeted_success_rate"],
-        "mean_flow_loss": summary["mean_flow_loss"],
         "seconds": summary["seconds"],
         "attacks_per_second": summary["attacks_per_second"],
         "device": str(device),
         "torch_threads": torch.get_num_threads(),
         "summary": summary,
-        "params": attack.to_dict(),
-        "stop_reasons": {r: result.stop_reason.count(r) for r in sorted(set(result.stop_reason))},
-        "restarted": result.extra.get("restarted", []),
+        "params": _params(attack),
         "blocks": blocks,
     }
+    if has_flows:
+        record["mean_flow_loss"] = summary["mean_flow_loss"]
+        record["stop_reasons"] = {
+            r: result.stop_reason.count(r) for r in sorted(set(result.stop_reason))
+        }
+        record["restarted"] = result.extra.get("restarted", [])
     if args.out:
         out = Path(args.out)
         out.mkdir(parents=True, exist_ok=True)
         attack_table(result).to_csv(out / "attacks.csv", index=False)
         images_cpu, labels_cpu = images.cpu(), labels.cpu()
         plots.save_png(plots.target_heatmap(result), out / "target_heatmap.png")
-        plots.save_png(plots.flow_quiver(result, 0, images_cpu), out / "flow_quiver.png")
+        if has_flows:
+            plots.save_png(plots.flow_quiver(result, 0, images_cpu), out / "flow_quiver.png")
         if result.targets is not None:
             plots.save_png(plots.figure2_grid(result, images_cpu, labels_cpu), out / "figure2.png")
-        (out / "summary.json").write_text(json.dumps(record, indent=2))
+        (out / "summary.json").write_text(to_json(record, indent=2))
         record["out"] = str(out)
-    if args.json:
-        print(json.dumps(record))
-    else:
-        print(json.dumps(record, indent=2))
+    print(to_json(record) if args.json else to_json(record, indent=2))
     return 0
 
 
 def _digest(tensors: dict[str, Any]) -> str:
     """A short digest of named tensors' bytes: ``--resume`` refuses blocks of another model
     (its weights) or of other images."""
-    import torch
-
     h = hashlib.blake2b(digest_size=8)
     for name, tensor in sorted(tensors.items()):
         h.update(name.encode())
@@ -181,15 +211,16 @@ def _digest(tensors: dict[str, Any]) -> str:
 
 
 def _block_key(
-    args: argparse.Namespace, attack: StAdv, model_name: str, digest: str
+    args: argparse.Namespace, attack: Any, model_name: str, digest: str
 ) -> dict[str, Any]:
     return {
+        "attack": args.attack,
         "model": model_name,
         "model_digest": digest,
         "dataset": args.dataset,
         "targets": args.targets,
         # batch_size and device do not change the results: a run may resume on another machine
-        "params": {k: v for k, v in attack.to_dict().items() if k not in ("batch_size", "device")},
+        "params": {k: v for k, v in _params(attack).items() if k not in ("batch_size", "device")},
     }
 
 
@@ -225,27 +256,18 @@ def _block_range(path: Path) -> tuple[int, int]:
 
 
 def _attack_in_blocks(
-    attack: StAdv,
-    model: Any,
+    attack: Any,
+    model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
+    targets_spec: Any,
     args: argparse.Namespace,
     model_name: str,
-) -> tuple[Any, dict[str, int]]:
+) -> tuple[AttackResult, dict[str, int]]:
     """Attack ``images`` in blocks of ``args.block_images``, saving each block under
-    ``args.out/blocks`` (``--resume``: loading the saved ones); returns the whole result and the
-    block counts. Random targets are drawn once for all images, so they do not depend on the
-    block size."""
-    import torch
-
-    from stadv.attack_common import prepared_model
-    from stadv.result_io import concat_results, load_result, save_result
-    from stadv.targets import expand_targets
-
-    if args.block_images < 1:
-        raise ValueError(f"--block-images must be >= 1, got {args.block_images}")
-    if args.resume and not args.out:
-        raise ValueError("--resume needs --out (the folder of the run to continue)")
+    ``args.out/blocks`` (``--resume``: loading the saved ones, all read and checked before any
+    block is attacked); returns the whole result and the block counts. Random targets are drawn
+    once for all images, so they do not depend on the block size."""
     folder = Path(args.out) / "blocks" if args.out else None
     saved = sorted(folder.glob("images_*.pt")) if folder is not None and folder.is_dir() else []
     if saved and not args.resume:
@@ -265,29 +287,35 @@ def _attack_in_blocks(
                 f"--block-images {size} from image {args.start}: resume with the block size "
                 "and start of the saved run, or choose another --out"
             )
-    targets: Any = None if args.targets == "none" else args.targets
+    targets: Any = targets_spec
     if targets == "random":
         with prepared_model(model) as net:
             _, _, targets, _ = expand_targets(
                 net, images, labels, "random", num_classes=attack.num_classes, seed=attack.seed
             )
     key = _block_key(args, attack, model_name, _digest(model.state_dict())) if folder else {}
-    parts, offsets, loaded = [], [], 0
-    for number, lo in enumerate(range(0, n, size), start=1):
+    plan = []
+    for lo in range(0, n, size):
         hi = min(lo + size, n)
         first, last = args.start + lo, args.start + hi - 1
         block_key = {**key, "first_image": first, "last_image": last}
         if folder is not None:
             block_key["images_digest"] = _digest({"x": images[lo:hi], "y": labels[lo:hi]})
-        path: Path | None = folder / _block_name(first, last) if folder else None
-        start = time.perf_counter()
+        path = folder / _block_name(first, last) if folder is not None else None
+        loaded_part = None
         if path is not None and path.exists():
-            part, saved_key = load_result(path)
+            loaded_part, saved_key = load_result(path)
             if saved_key != block_key:
                 raise ValueError(
                     f"{path} was saved by another run ({_key_difference(saved_key, block_key)}); "
                     "use the same options to --resume it, or another --out"
                 )
+        plan.append((lo, hi, first, last, block_key, path, loaded_part))
+    parts, offsets, loaded = [], [], 0
+    for number, (lo, hi, first, last, block_key, path, loaded_part) in enumerate(plan, start=1):
+        start = time.perf_counter()
+        if loaded_part is not None:
+            part = loaded_part
             how = "loaded"
             loaded += 1
         else:
@@ -300,7 +328,7 @@ def _attack_in_blocks(
         offsets.append(lo)
         rate = f"{part.success_rate:.2%}" if len(part) else "n/a"
         print(
-            f"stadv attack: block {number}/{-(-n // size)}, images {first}-{last}: "
+            f"stadv attack: block {number}/{len(plan)}, images {first}-{last}: "
             f"{len(part)} attacks, success {rate}, {how}",
             file=sys.stderr,
             flush=True,

@@ -1,0 +1,199 @@
+"""Bad input to the sweep scripts stops them before any work, naming it, within seconds; an
+embedded Ray listens on the loopback interface only.
+
+Each case runs the real script (a subprocess) and checks the exit status 2, the message and
+that nothing was written (no tracking store, no Tune folder).
+"""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
+
+
+def script(name: str, *args: str) -> list[str]:
+    return [sys.executable, str(REPO / "sweeps" / f"{name}.py"), *args]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def run(
+    cmd: list[str], env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def where(tmp_path: Path) -> list[str]:
+    return [
+        "--tracking-uri",
+        f"sqlite:///{tmp_path / 'mlflow.db'}",
+        "--storage-path",
+        str(tmp_path / "ray"),
+    ]
+
+
+def assert_refused(proc: subprocess.CompletedProcess[str], message: str, tmp_path: Path) -> None:
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert message in proc.stderr, proc.stderr[-2000:]
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()
+    assert not (tmp_path / "ray").exists()
+
+
+@pytest.mark.parametrize(
+    ("sweep", "extra", "config", "message"),
+    [
+        ("kappa_tau", ["--max-failures", "-5"], None, "--max-failures must be >= 0, got -5"),
+        ("kappa_tau", ["--cpus-per-trial", "0"], None, "a trial needs some resource"),
+        ("kappa_tau", ["--cpus-per-trial", "-1"], None, "--cpus-per-trial must be a number >= 0"),
+        ("kappa_tau", ["--check", "banana"], None, "check='banana' is not a valid bool"),
+        ("kappa_tau", [], ("c.yaml", ""), "is empty"),
+        ("kappa_tau", [], ("c.yaml", "grid: {}\n"), "'grid' is empty"),
+        ("kappa_tau", [], ("c.yaml", "grid: []\n"), "'grid' is empty"),
+        ("ablation", [], ("c.toml", "n_images = 'many'\n"), "n_images must be an integer"),
+        ("defense_sweep", [], ("c.yaml", ""), "is empty"),
+        ("defense_sweep", [], ("c.yaml", "training: {pgd_steps: 0}\n"), "pgd_steps must be >= 1"),
+        (
+            "defense_sweep",
+            [],
+            ("c.yaml", "attack_options: {stadv: {tau: -1}}\n"),
+            "tau must be a finite number >= 0",
+        ),
+        (
+            "defense_sweep",
+            [],
+            ("c.yaml", "training: {adv_train_limit: 5}\n"),
+            "unknown training setting 'adv_train_limit'",
+        ),
+        ("defense_sweep", ["--stadv-check", "banana"], None, "check='banana' is not a valid bool"),
+    ],
+)
+def test_bad_input_is_refused_before_any_work(
+    sweep: str,
+    extra: list[str],
+    config: tuple[str, str] | None,
+    message: str,
+    tmp_path: Path,
+    sweep_env: dict[str, str],
+) -> None:
+    if config is not None:
+        (tmp_path / config[0]).write_text(config[1])
+        extra = [*extra, "--config", str(tmp_path / config[0])]
+    assert_refused(
+        run(script(sweep, "--smoke-test", *extra, *where(tmp_path)), sweep_env), message, tmp_path
+    )
+
+
+def test_defense_sweep_takes_a_config_file(tmp_path: Path, sweep_env: dict[str, str]) -> None:
+    config = tmp_path / "defense.yaml"
+    config.write_text(
+        "models: [B]\nattacks: [fgsm, stadv]\ndefenses: [none, pgd]\nn_images: 3\n"
+        "attack_options: {stadv: {tau: 0.1}, fgsm: {epsilon: 0.2}}\n"
+        "training: {pgd_steps: 7, adv_train_limit: all}\n"
+    )
+    proc = run(script("defense_sweep", "--config", str(config), "--dry-run"), sweep_env)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith("4 trials")
+    from stadv_sweeps.engine import cli
+    from stadv_sweeps.plans.defense import DefenseSweep
+
+    plan = DefenseSweep("")
+    parser = cli.new_parser("defense_sweep", "")
+    plan.add_arguments(parser)
+    cli.add_run_arguments(parser, "defense_sweep")
+    spec = plan.resolve(parser.parse_args(["--config", str(config), "--pgd-alpha", "0.05"]))
+    assert spec.attack_options["stadv"]["tau"] == 0.1
+    assert spec.attack_options["fgsm"] == {"epsilon": 0.2}
+    assert spec.settings.pgd_steps == 7 and spec.settings.pgd_alpha == 0.05
+    assert spec.settings.train_limit is None and spec.n_images == 3
+
+
+def test_unanswered_ray_address_fails_within_the_timeout(
+    tmp_path: Path, sweep_env: dict[str, str]
+) -> None:
+    start = time.monotonic()
+    address = f"127.0.0.1:{closed_port()}"
+    proc = run(
+        script("kappa_tau", "--smoke-test", "--address", address, *where(tmp_path)), sweep_env
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"Ray address {address} does not answer" in proc.stderr
+    assert time.monotonic() - start < 90
+
+
+def test_report_on_an_unanswered_tracking_server_fails_fast(
+    tmp_path: Path, sweep_env: dict[str, str]
+) -> None:
+    uri = f"http://127.0.0.1:{closed_port()}"
+    start = time.monotonic()
+    proc = run(
+        script(
+            "results", "--tracking-uri", uri, "--experiment", "x", "--out", str(tmp_path / "r.md")
+        ),
+        sweep_env,
+    )
+    assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert f"tracking URI {uri} is unreachable" in proc.stderr
+    assert not (tmp_path / "r.md").exists()
+    assert time.monotonic() - start < 60
+
+
+def _listening(pid: int) -> set[str]:
+    """Addresses of the listening TCP sockets of ``pid`` and its descendants."""
+    try:
+        root = psutil.Process(pid)
+        pids = {pid, *(p.pid for p in root.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
+
+
+@pytest.mark.slow
+def test_embedded_ray_of_a_smoke_sweep_listens_on_loopback_only(
+    tmp_path: Path, sweep_env: dict[str, str], sweep_store: Path, data_root: Path
+) -> None:
+    cmd = script(
+        "kappa_tau",
+        "--smoke-test",
+        "--store",
+        str(sweep_store),
+        "--data-dir",
+        str(data_root),
+        "--experiment-name",
+        "sockets",
+        *where(tmp_path),
+    )
+    proc = subprocess.Popen(
+        cmd, env=sweep_env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    seen: set[str] = set()
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and time.monotonic() < deadline:
+            seen |= _listening(proc.pid)
+            time.sleep(0.5)
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-3000:]
+    print("listening addresses seen during the sweep:", sorted(seen))
+    assert seen, "no listening socket seen: the probe did not see Ray's servers"
+    assert seen <= LOOPBACK, f"non-loopback listeners: {sorted(seen - LOOPBACK)}"
