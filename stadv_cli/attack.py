@@ -18,6 +18,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -31,8 +32,9 @@ from stadv.data import load_tensors
 from stadv.devices import resolve_device
 from stadv.metrics import attack_table, summarize
 from stadv.model_mode import prepared_model
-from stadv.models import check_model_name
+from stadv.models import PAPER_TABLE1_SUCCESS, check_model_name
 from stadv.options import Option, add_option_flags, build, options
+from stadv.records import machine_info, record_from_summary, write_record
 from stadv.registry import ATTACKS
 from stadv.result import AttackResult
 from stadv.result_io import concat_results, load_result, save_result
@@ -70,6 +72,12 @@ def add_attack_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) 
     )
     p.add_argument("--out", default=None, help="folder for figures and the per-attack table")
     p.add_argument("--json", action="store_true", help="print only the JSON object")
+    p.add_argument(
+        "--record",
+        metavar="FILE",
+        help="also write the measurement as a results record (stadv.records: command, commit, "
+        "date, machine, n, successes, Wilson interval, the paper's value) to FILE",
+    )
     p.add_argument(
         "--block-images",
         type=int,
@@ -196,8 +204,27 @@ def cmd_attack(args: argparse.Namespace) -> int:
             plots.save_png(plots.figure2_grid(result, images_cpu, labels_cpu), out / "figure2.png")
         (out / "summary.json").write_text(to_json(record, indent=2))
         record["out"] = str(out)
+    if args.record:
+        record["record"] = str(_write_record(args, name, summary, device))
     print(to_json(record) if args.json else to_json(record, indent=2))
     return 0
+
+
+def _write_record(args: argparse.Namespace, model: str, summary: Any, device: Any) -> Path:
+    """The run as a :class:`stadv.records.Record` (the paper's Table 1 value where the run is
+    the paper's protocol: stAdv, MNIST, every target), written to ``args.record``."""
+    table1 = args.attack == "stadv" and args.dataset == "mnist" and args.targets == "all"
+    what = f"{args.attack} {args.targets} on {args.dataset} model {model}, images "
+    what += f"{args.start}-{args.start + args.n_images - 1}"
+    made = record_from_summary(
+        summary,
+        what=what,
+        command=shlex.join(["stadv", *sys.argv[1:]]),
+        paper=PAPER_TABLE1_SUCCESS.get(model) if table1 else None,
+        tags={"attack": args.attack, "model": model, "dataset": args.dataset},
+        machine=machine_info(device),
+    )
+    return write_record(made, args.record)
 
 
 def _digest(tensors: dict[str, Any]) -> str:

@@ -335,3 +335,23 @@ def test_load_result_names_an_unreadable_file(tmp_path: Path) -> None:
     torch.save({"format": "stadv.attack_result/1", "key": {}}, path)
     with pytest.raises(ValueError, match=f"{path} holds an incomplete saved attack result"):
         load_result(path)
+
+
+def test_attack_writes_a_results_record(
+    tmp_path: Path, common: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from stadv.models import PAPER_TABLE1_SUCCESS
+    from stadv.records import Record
+
+    record_path = tmp_path / "records" / "B.json"
+    args = attack_args(tmp_path / "run", "--record", str(record_path))
+    assert main([*args, *common]) == 0
+    row = last_json(capsys)
+    assert row["record"] == str(record_path)
+    record = Record.from_json(record_path.read_text())
+    assert record.n == row["n_attacks"] == 27
+    assert record.successes == round(row["targeted_success_rate"] * 27)
+    assert record.ci_low <= record.rate <= record.ci_high
+    assert record.paper == PAPER_TABLE1_SUCCESS["B"]  # stAdv, MNIST, every target: Table 1
+    assert record.command.startswith("stadv ") and "--record" in record.command
+    assert record.machine.torch
