@@ -22,7 +22,7 @@ import torch
 from torchvision import datasets
 
 import stadv.data
-from stadv.cli import main as stadv_main
+from stadv_cli.main import main as stadv_main
 from stadv.data import (
     DATASETS,
     IDX_FILES,
