@@ -219,7 +219,7 @@ def _write_record(args: argparse.Namespace, model: str, summary: Any, device: An
     made = record_from_summary(
         summary,
         what=what,
-        command=shlex.join(["stadv", *sys.argv[1:]]),
+        command=shlex.join(["stadv", *args.argv]),
         paper=PAPER_TABLE1_SUCCESS.get(model) if table1 else None,
         tags={"attack": args.attack, "model": model, "dataset": args.dataset},
         machine=machine_info(device),

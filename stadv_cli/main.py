@@ -38,6 +38,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``stadv`` with ``argv`` (default: ``sys.argv[1:]``); returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
+    # the command as typed, for the records a command writes (``stadv attack --record``)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     handler: Handler = args.handler
     try:
         return handler(args)

@@ -218,7 +218,7 @@ def test_bad_attack_option_exits_2_before_any_work(
     flags = ["--no-download", "--data-dir", str(tmp_path / "data"), "--store", str(tmp_path / "s")]
     assert main(["attack", "--check", "banana", *flags]) == 2
     err = capsys.readouterr().err
-    assert "check='banana' is invalid: expected true or false" in err
+    assert "check='banana' is not a valid bool: expected true or false" in err
     assert main(["attack", "--solver", "newton", *flags]) == 2
     assert "unknown solver 'newton'" in capsys.readouterr().err
     # a flag of another attack: named, with the attacks that have it

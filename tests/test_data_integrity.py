@@ -22,7 +22,6 @@ import torch
 from torchvision import datasets
 
 import stadv.data
-from stadv_cli.main import main as stadv_main
 from stadv.data import (
     DATASETS,
     IDX_FILES,
@@ -38,6 +37,7 @@ from stadv.data import (
     load_tensors,
     raw_folder,
 )
+from stadv_cli.main import main as stadv_main
 
 
 @pytest.fixture(autouse=True)
