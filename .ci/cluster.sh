@@ -78,7 +78,7 @@ check_private_dir() {
   (((8#$mode & 8#022) == 0)) || die "refusing state folder $d: group- or world-writable (mode $mode)"
   real=$(cd -- "$d" && pwd -P)
   case $real in
-    / | /tmp | /var/tmp | /root | /home | "$HOME" | "$REPO") die "refusing $d as the state folder" ;;
+    / | /tmp | /var/tmp | /root | /home | "${HOME:-/}" | "$REPO") die "refusing $d as the state folder" ;;
   esac
 }
 
