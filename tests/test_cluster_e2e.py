@@ -16,6 +16,7 @@ The cluster tests need the services of ``.ci/cluster.sh start``; they skip unles
 
 from __future__ import annotations
 
+import base64
 import json
 import math
 import os
@@ -25,6 +26,8 @@ import shutil
 import signal
 import subprocess
 import time
+import urllib.error
+import urllib.parse
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -160,11 +163,15 @@ def test_compose_holds_no_secret_and_env_example_holds_none_either() -> None:
     text = COMPOSE.read_text() + COMPOSE_CPU.read_text()
     for name, service in load_compose(COMPOSE)["services"].items():
         for key, value in _environment(service).items():
-            if re.search(r"PASSWORD|SECRET|TOKEN|_KEY$", key):
+            if key.endswith("_FILE"):  # where a program finds a Docker secret
+                assert value.startswith("/run/secrets/"), f"{name}.{key}: {value}"
+            elif re.search(r"PASSWORD|SECRET|TOKEN|_KEY$", key):
                 assert value.startswith("${"), f"{name}.{key} is set in the file, not from .env"
             if "://" in value and "@" in value:  # credentials inside a URI
-                userinfo = value.split("://", 1)[1].split("@", 1)[0]
-                assert "${" in userinfo.split(":", 1)[-1], f"{name}.{key} embeds a password"
+                # A password there, if any, only ever from .env (the URIs here carry none).
+                userinfo = re.sub(r"\$\{[^}]*\}", "${}", value.split("://", 1)[1].split("@")[0])
+                if ":" in userinfo:
+                    assert userinfo.split(":", 1)[1] == "${}", f"{name}.{key} embeds a password"
     example = {}
     for line in ENV_EXAMPLE.read_text().splitlines():
         if line.strip() and not line.lstrip().startswith("#"):
@@ -179,6 +186,149 @@ def test_compose_holds_no_secret_and_env_example_holds_none_either() -> None:
         ["git", "check-ignore", "-q", ".env"], cwd=REPO, capture_output=True, check=False
     )
     assert ignored.returncode == 0, ".env must be git-ignored"
+
+
+# The secrets of .env: each reaches the services as a Docker secret (a file), never through
+# `environment:` (which `docker inspect` shows); the Ray token is the one exception, since
+# Ray's nodes read it from their environment.
+ENV_SECRETS = {
+    "POSTGRES_PASSWORD": "postgres_password",
+    "S3_ACCESS_KEY": "s3_access_key",
+    "S3_SECRET_KEY": "s3_secret_key",
+    "MLFLOW_ADMIN_PASSWORD": "mlflow_admin_password",
+    "MLFLOW_FLASK_SECRET_KEY": "mlflow_flask_secret_key",
+    "MLFLOW_TRACKING_PASSWORD": "mlflow_tracking_password",
+}
+
+
+def _secrets(service: dict[str, Any]) -> set[str]:
+    return {s if isinstance(s, str) else s["source"] for s in service.get("secrets", [])}
+
+
+def _networks(service: dict[str, Any]) -> set[str]:
+    nets = service.get("networks", [])
+    return set(nets) if isinstance(nets, list) else set(nets.keys())
+
+
+def test_compose_secrets_are_files_and_reach_only_who_needs_them() -> None:
+    compose = load_compose(COMPOSE)
+    services = compose["services"]
+    assert {k: v["environment"] for k, v in compose["secrets"].items()} == {
+        v: k for k, v in ENV_SECRETS.items()
+    }
+    example = ENV_EXAMPLE.read_text()
+    for key in ENV_SECRETS:
+        assert re.search(rf"^{key}=", example, re.M), f".env.example has no {key}"
+        if key != "S3_ACCESS_KEY":  # a name, not a secret of its own
+            assert re.search(rf"^{key}=$", example, re.M), f".env.example must leave {key} empty"
+    for name, service in services.items():
+        for key, value in _environment(service).items():
+            for secret in ENV_SECRETS:
+                assert "${" + secret not in value, (
+                    f"{name}.{key} passes {secret} in its environment"
+                )
+        assert "${" not in _command(service).replace("$${", ""), (
+            f"{name}: a variable in its command"
+        )
+    who = {secret: {n for n, s in services.items() if secret in _secrets(s)} for secret in
+           ENV_SECRETS.values()}  # fmt: skip
+    assert who["postgres_password"] == {"postgres", "mlflow"}
+    assert who["s3_access_key"] == who["s3_secret_key"] == {"s3", "s3-init", "mlflow"}
+    assert who["mlflow_admin_password"] == {"mlflow", "mlflow-init"}
+    assert who["mlflow_flask_secret_key"] == {"mlflow"}
+    assert who["mlflow_tracking_password"] == {"ray-head", "ray-worker", "mlflow-init"}
+    # PostgreSQL reads its password from the file; MLflow's backend URI carries none.
+    assert _environment(services["postgres"])["POSTGRES_PASSWORD_FILE"] == (
+        "/run/secrets/postgres_password"
+    )
+    uri = _environment(services["mlflow"])["MLFLOW_BACKEND_STORE_URI"]
+    assert ":" not in re.sub(r"\$\{[^}]*\}", "", uri.split("://", 1)[1].split("@")[0])
+    # MLflow behind its basic-auth app; the Ray nodes log in as the (non-admin) sweep user.
+    assert "--app-name basic-auth" in _command(services["mlflow"])
+    assert services["mlflow"]["entrypoint"] == ["mlflow-secrets"]
+    for role in ("ray-head", "ray-worker"):
+        env = _environment(services[role])
+        assert env["MLFLOW_TRACKING_USERNAME"].startswith("${MLFLOW_TRACKING_USERNAME")
+        assert not any(k.startswith("AWS_") or k.startswith("S3_") for k in env), env
+    assert services["ray-head"]["depends_on"]["mlflow-init"]["condition"] == (
+        "service_completed_successfully"
+    )
+
+
+def test_compose_networks_keep_the_ray_nodes_off_the_stores() -> None:
+    compose = load_compose(COMPOSE)
+    services = compose["services"]
+    assert compose["networks"]["backend"]["internal"] is True
+    assert not (compose["networks"].get("ray") or {}).get("internal")
+    expected = {
+        "ray-head": {"ray"},
+        "ray-worker": {"ray"},
+        "mlflow": {"ray", "backend"},
+        "postgres": {"backend"},
+        "s3": {"backend"},
+        "s3-init": {"backend"},
+        "mlflow-init": {"backend"},
+    }
+    assert {n: _networks(s) for n, s in services.items()} == expected
+    # Only MLflow shares a network with the Ray nodes: PostgreSQL and SeaweedFS's master
+    # (9333), volume (8080), filer (8888) and S3 (8333) ports are out of their reach.
+    for name, service in services.items():
+        if _networks(service) & {"ray"}:
+            assert name in {"ray-head", "ray-worker", "mlflow"}
+        if name in {"postgres", "s3"}:
+            assert "ports" not in service and "ray" not in _networks(service)
+
+
+def _check_hardened(name: str, service: dict[str, Any]) -> None:
+    assert "no-new-privileges:true" in service.get("security_opt", []), name
+    assert service.get("cap_drop") == ["ALL"], name
+    caps = set(service.get("cap_add", []))
+    assert caps <= {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"}, name
+    assert not caps or name in {"postgres", "s3"}, name
+    assert service.get("mem_limit"), f"{name} has no memory limit"
+    assert not service.get("privileged"), name
+
+
+def test_compose_services_are_hardened_and_images_pinned() -> None:
+    for name, service in load_compose(COMPOSE)["services"].items():
+        _check_hardened(name, service)
+        if "build" not in service:  # pulled, not built: pinned by digest, tag named
+            assert re.fullmatch(r"[\w./-]+:[\w.-]+@sha256:[0-9a-f]{64}", service["image"]), (
+                f"{name}: {service['image']} is not pinned by digest"
+            )
+    dockerfile = (REPO / "docker" / "Dockerfile").read_text()
+    installs = re.findall(r'"([A-Za-z0-9_.\-\[\],]+)([=<>!~]=?[^"]*)"', dockerfile)
+    assert installs, "no pinned requirement found in docker/Dockerfile"
+    for name, spec in installs:
+        assert re.fullmatch(r"==[\w.${}]+", spec), f"{name}{spec}: not an exact version"
+    assert "${RAY_BASE_DIGEST}" in dockerfile
+    for helper in ("ray-node.sh", "mlflow-secrets.sh", "mlflow-auth.ini", "mlflow_users.py"):
+        assert f"!docker/{helper}" in (REPO / "docker" / "Dockerfile.dockerignore").read_text()
+    auth = (REPO / "docker" / "mlflow-auth.ini").read_text()
+    assert "default_permission = READ" in auth and "admin_password" not in auth
+    docs = (REPO / "docs" / "cluster.md").read_text()
+    assert "chmod 600 .env" in docs or "umask 077" in docs
+
+
+def test_kuberay_pods_run_restricted() -> None:
+    docs = list(yaml.safe_load_all((REPO / "deploy" / "rayjob.yaml").read_text()))
+    (job,) = [d for d in docs if d["kind"] == "RayJob"]
+    cluster = job["spec"]["rayClusterSpec"]
+    pods = [cluster["headGroupSpec"]["template"]["spec"]] + [
+        g["template"]["spec"] for g in cluster["workerGroupSpecs"]
+    ]
+    for pod in pods:
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        for container in pod["containers"]:
+            ctx = container["securityContext"]
+            assert ctx["allowPrivilegeEscalation"] is False
+            assert ctx["capabilities"]["drop"] == ["ALL"]
+            assert ctx["runAsNonRoot"] is True
+            assert ctx["seccompProfile"] == {"type": "RuntimeDefault"}
+            env = {e["name"]: e for e in container["env"]}
+            assert "secretKeyRef" in env["MLFLOW_TRACKING_PASSWORD"]["valueFrom"]
+            assert "value" not in env["MLFLOW_TRACKING_PASSWORD"]
 
 
 def test_cpu_override_drops_the_gpu_reservation() -> None:
@@ -249,6 +399,9 @@ def test_docker_compose_config_accepts_the_files(files: list[Path], tmp_path: Pa
         "devices", []
     )
     assert (devices == []) == (COMPOSE_CPU in files)
+    # What Compose resolves (anchors merged, the override applied) is still hardened.
+    for name, service in resolved["services"].items():
+        _check_hardened(name, service)
     # Without the secrets, Compose refuses to start.
     bare = subprocess.run(
         [*cmd[:2], "--env-file", os.devnull, "-f", str(COMPOSE), "config"],
@@ -350,7 +503,7 @@ class Cluster:
 
 
 @pytest.fixture(scope="module")
-def cluster(data_source: Path) -> Cluster:
+def cluster(data_source: Path) -> Iterator[Cluster]:
     state = _state_dir()
     assert state is not None
     c = Cluster(state)
@@ -360,7 +513,13 @@ def cluster(data_source: Path) -> Cluster:
     from stadv.data import ensure_data
 
     ensure_data("mnist", data_dir=c.shared / "data", source_dir=data_source, download=False)
-    return c
+    # The tracking server wants a user: the sweep user's, as the Ray nodes have it in their
+    # environment (`.ci/cluster.sh run` exports it too; MLflow's client reads it from there).
+    with pytest.MonkeyPatch.context() as mp:
+        for key in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+            if c.env.get(key):
+                mp.setenv(key, c[key])
+        yield c
 
 
 @pytest.fixture(scope="module")
@@ -542,6 +701,64 @@ def record(
         # The sweep's own wall time (model training excluded), logged on its parent run.
         "sweep_seconds": float(runs.parent.data.metrics.get("sweep_seconds", math.nan)),
     }
+
+
+def _mlflow_call(
+    cluster: Cluster, path: str, login: tuple[str, str] | None, body: Any = None
+) -> tuple[int, Any]:
+    """HTTP status and JSON answer of MLflow's REST API, with a basic-auth login or none."""
+    headers = {"Content-Type": "application/json"}
+    if login is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(":".join(login).encode()).decode()
+    data = None if body is None else json.dumps(body).encode()
+    req = urllib.request.Request(cluster["STADV_MLFLOW_URI"] + path, data=data, headers=headers)
+    try:
+        with urllib.request.urlopen(req, timeout=30) as resp:
+            return int(resp.status), json.load(resp)
+    except urllib.error.HTTPError as err:
+        return int(err.code), None
+
+
+@needs_cluster
+@pytest.mark.cluster
+def test_mlflow_wants_a_user_and_no_secret_is_on_a_command_line(cluster: Cluster) -> None:
+    env = cluster.env
+    search = "/api/2.0/mlflow/experiments/search?max_results=1"
+    user = (env["MLFLOW_TRACKING_USERNAME"], env["MLFLOW_TRACKING_PASSWORD"])
+    admin = (env["STADV_MLFLOW_ADMIN_USERNAME"], env["STADV_MLFLOW_ADMIN_PASSWORD"])
+    assert _mlflow_call(cluster, search, None)[0] == 401
+    assert _mlflow_call(cluster, search, (user[0], "wrong-" + user[1]))[0] == 401
+    assert _mlflow_call(cluster, search, user)[0] == 200
+    # The sweep user is no admin: it may not create users; the admin may.
+    status, me = _mlflow_call(cluster, "/api/2.0/mlflow/users/current", user)
+    assert status == 200 and me["user"]["username"] == user[0]
+    assert me["user"]["is_admin"] is False
+    status, me = _mlflow_call(cluster, "/api/2.0/mlflow/users/current", admin)
+    assert status == 200 and me["user"]["is_admin"] is True
+    intruder = {"username": f"intruder-{uuid.uuid4().hex[:6]}", "password": uuid.uuid4().hex}
+    assert _mlflow_call(cluster, "/api/2.0/mlflow/users/create", user, intruder)[0] == 403
+    # /proc/PID/cmdline is world-readable: no secret of the cluster's on any command line.
+    secrets = {
+        "the Ray token": env["RAY_AUTH_TOKEN"],
+        "the PostgreSQL password": urllib.parse.urlsplit(env["STADV_PG_URI"]).password or "",
+        "the sweep user's MLflow password": user[1],
+        "the MLflow admin password": admin[1],
+    }
+    assert all(len(v) >= 16 for v in secrets.values())
+    seen = 0
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        seen += 1
+        for name, value in secrets.items():
+            assert value.encode() not in cmdline, (
+                f"{name} is on the command line of pid {proc.name}"
+            )
+    assert seen > 10
 
 
 @needs_cluster
