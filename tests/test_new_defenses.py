@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 import subprocess
 import sys
@@ -432,3 +433,40 @@ def test_new_defenses_import_neither_ray_nor_mlflow() -> None:
         [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+# -- benchmarks/new_defenses.py --------------------------------------------------------------
+
+
+def test_benchmark_script_runs_and_writes_consistent_json(data_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "new_defenses.json"
+    small = ["--n-train", "256", "--n-validation", "64", "--n-attack", "3", "--n-clean", "50"]
+    fast = ["--cw-steps", "1", "--cw-iterations", "5", "--vae-epochs", "1"]
+    argv = [sys.executable, str(REPO / "benchmarks" / "new_defenses.py"), *small, *fast]
+    run = subprocess.run(
+        [*argv, "--data-dir", str(data_root), "--json", str(out)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr
+    assert "QUICK-MODEL NUMBERS" in run.stdout and "ROC AUC" in run.stdout
+    report = json.loads(out.read_text())
+    assert {"baseline", "distilled", "vae_detector", "pcl", "environment"} <= report.keys()
+    env = report["environment"]
+    assert {"torch", "device", "threads", "n_train", "n_attack"} <= env.keys()
+    assert "quick-model" in env["note"]
+
+    def check_rate(r: dict[str, float], n: int) -> None:
+        assert r["n"] == n and r["ci_low"] <= r["rate"] <= r["ci_high"]
+
+    for name in ("baseline", "distilled"):
+        check_rate(report[name]["fgsm_success"], 3)
+        check_rate(report[name]["cw_success"], 3)
+    det = report["vae_detector"]
+    check_rate(det["fpr_test"], 50)
+    assert det["fitted_on"]["images"] == 64 and det["fpr_validation"] <= 0.05
+    assert 0.0 <= det["fgsm"]["roc_auc"] <= 1.0 and 0.0 <= det["pgd"]["roc_auc"] <= 1.0
+    bad = subprocess.run([*argv, "--n-attack", "0"], cwd=REPO, capture_output=True, text=True)
+    assert bad.returncode == 2 and "--n-attack" in bad.stderr
