@@ -43,8 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stadv.attack_common import prepared_model
 from stadv.data import TensorData
+from stadv.model_mode import prepared_model
 from stadv.models import build_model
 from stadv.options import check_int, check_real
 from stadv.train import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, TrainReport, train_model

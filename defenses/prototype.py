@@ -257,7 +257,7 @@ class PrototypeConformityLoss:
         ce_weight: weight of the cross-entropy [1.0]. >= 0.
         adversarial: PGD settings for the adversarial variant [None: clean images only]; the
             PGD examples (crafted on the cross-entropy, model in eval mode with frozen
-            parameters, :func:`stadv.attack_common.prepared_model`) are appended to the batch,
+            parameters, :func:`stadv.model_mode.prepared_model`) are appended to the batch,
             clean and adversarial rows weighted alike as in the authors' code: only the
             attack's settings (``epsilon``, ``alpha``, ``steps``, ``random_start``, ``bounds``)
             are used, ``adv_weight`` is not.

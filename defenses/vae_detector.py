@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stadv.attack_common import prepared_model
 from stadv.data import TensorData
+from stadv.model_mode import prepared_model
 from stadv.options import check_int, check_real
 from stadv.result import AttackResult
 from stadv.store import (
@@ -337,7 +337,7 @@ class VAEDetector(nn.Module):
 
     Both modules are kept in eval mode (also by ``train()``): the detector is a fixed function
     of its input; their ``requires_grad`` flags are left alone (attacks freeze them through
-    :func:`~stadv.attack_common.prepared_model`; :meth:`scores` runs without gradients).
+    :func:`~stadv.model_mode.prepared_model`; :meth:`scores` runs without gradients).
     The scales and the threshold are buffers set only by :meth:`fit_threshold` (NaN before;
     :meth:`detect` then raises).
     """
