@@ -15,7 +15,10 @@ from torch import nn
 
 from stadv.attack import StAdv
 from stadv.cw import CarliniWagnerL2
+from stadv.deepfool import DeepFool
+from stadv.few_pixel import FewPixel
 from stadv.fgsm import FGSM
+from stadv.jsma import JSMA
 from stadv.options import check_choice
 from stadv.pgd import PGD
 from stadv.result import AttackResult
@@ -40,6 +43,9 @@ ATTACKS: dict[str, type[Any]] = {
     "fgsm": FGSM,
     "pgd": PGD,
     "cw": CarliniWagnerL2,
+    "deepfool": DeepFool,
+    "jsma": JSMA,
+    "few-pixel": FewPixel,
 }
 
 
