@@ -188,6 +188,15 @@ def torchattacks_onepixel(
     return adv
 
 
+def stopper(found: dict[str, Any]) -> Callable[[Any], bool]:
+    """SciPy's callback (the one-argument form): stop once ``found`` holds a success."""
+
+    def stop(intermediate_result: Any) -> bool:
+        return "z" in found
+
+    return stop
+
+
 def scipy_few_pixel(
     model: nn.Module,
     x: torch.Tensor,
@@ -228,9 +237,6 @@ def scipy_few_pixel(
                     found["z"] = z[int(best)]
                 return prob.cpu().numpy()
 
-            def stop(intermediate_result: Any, found: dict[str, Any] = found) -> bool:
-                return "z" in found
-
             res = scipy.optimize.differential_evolution(
                 fitness,
                 bounds,
@@ -246,7 +252,7 @@ def scipy_few_pixel(
                 seed=attack.seed,
                 vectorized=True,
                 updating="deferred",
-                callback=stop,
+                callback=stopper(found),
             )
             z = found.get("z", torch.from_numpy(res.x).reshape(attack.pixels, 2 + c))
             out[i : i + 1] = FewPixel.render(image, z.unsqueeze(0).to(image.device))

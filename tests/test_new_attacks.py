@@ -7,6 +7,9 @@ forward passes per image); each attack still breaks part of the tiny model.
 
 from __future__ import annotations
 
+import importlib.util
+import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -24,6 +27,7 @@ from stadv.registry import attack_class, label
 from stadv.result import AttackResult
 
 N_IMAGES = 12
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "new_attacks.py"
 
 #: name -> (attack, targets used for it, images it runs on in the shared fixture)
 ATTACKS: dict[str, tuple[Any, str | None, int]] = {
@@ -322,3 +326,47 @@ def test_registry_and_option_schema() -> None:
         JSMA(1.0)  # type: ignore[call-arg]
     with pytest.raises(AttributeError):
         FewPixel().pixels = 3  # type: ignore[misc]
+
+
+# -- the benchmark script, in a tiny configuration ---------------------------------------------
+
+
+def test_benchmark_script_runs_and_writes_json(data_root: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("new_attacks_bench", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        report = bench.main(
+            [
+                "--quick-model",
+                "--n-images", "2",
+                "--attacks", "deepfool", "few-pixel",
+                "--implementations", "stadv", "scipy",
+                "--pixels", "1",
+                "--de-population", "8",
+                "--de-generations", "2",
+                "--data-dir", str(data_root),
+                "--json", str(out),
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads(out.read_text())
+    assert saved["environment"]["torch"] == torch.__version__
+    assert {"device", "threads", "n_images", "de_population"} <= set(saved["environment"])
+    rows = {(r["attack"], r["implementation"]) for r in saved["rows"]}
+    assert rows == {
+        ("deepfool-l2", "stadv"),
+        ("deepfool-linf", "stadv"),
+        ("few-pixel-1", "stadv"),
+        ("few-pixel-1", "scipy"),
+    }
+    for r in saved["rows"]:
+        assert r["n"] == 2 and r["seconds"] > 0 and r["attacks_per_second"] > 0
+        assert r["success_ci_low"] <= r["success"] <= r["success_ci_high"]
+    assert report["rows"][0]["success"] == 1.0  # DeepFool breaks both images
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--n-images", "0"])
