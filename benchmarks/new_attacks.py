@@ -21,6 +21,10 @@ correctly, so that every success is the attack's), it runs:
   SciPy DE, per image, F dithered in [0.5, 1), stopped when the *best* member succeeds);
   untargeted; statistic: success per k.
 
+For the DE rows, the model evaluations and the CPU milliseconds per evaluation are recorded
+too (on a shared machine CPU time is steadier than wall time; ``--de-max-batch`` sets
+:class:`~stadv.few_pixel.FewPixel`'s ``max_batch``).
+
 Every success is the model's prediction on the *returned* image (untargeted: not the label;
 targeted: the target), with a Wilson 95 % interval; throughput is attacks per wall second.
 Population and generations default to the paper's (400, 100); on a CPU that is ~40k model
@@ -324,6 +328,13 @@ def row(
     }
 
 
+def per_eval(r: dict[str, Any], evaluations: int) -> None:
+    """Adds the model evaluations and the CPU milliseconds per evaluation to a DE row."""
+    r["model_evaluations"] = evaluations
+    r["cpu_ms_per_evaluation"] = 1e3 * r["cpu_seconds"] / max(1, evaluations)
+    r["notes"] = f"{evaluations} model evaluations, {r['cpu_ms_per_evaluation']:.3f} CPU ms each"
+
+
 def fmt(v: float, spec: str) -> str:
     return "nan" if v != v else format(v, spec)
 
@@ -366,6 +377,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--pixels", nargs="+", type=int, default=[1, 3, 5], help="DE's k values")
     p.add_argument("--de-population", type=int, default=400)
     p.add_argument("--de-generations", type=int, default=100)
+    p.add_argument(
+        "--de-max-batch",
+        type=int,
+        default=None,
+        help="FewPixel's max_batch (default: one model call per generation)",
+    )
     p.add_argument("--threads", type=int, default=1, help="torch (and BLAS) threads")
     p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
     p.add_argument("--store", default=None, help="model store (without --quick-model)")
@@ -377,6 +394,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
     if args.de_population < 4:
         p.error(f"--de-population must be >= 4, got {args.de_population}")
+    if args.de_max_batch is not None and args.de_max_batch < 1:
+        p.error(f"--de-max-batch must be >= 1, got {args.de_max_batch}")
     if any(k < 1 for k in args.pixels):
         p.error(f"--pixels must be >= 1, got {args.pixels}")
     return args
@@ -501,22 +520,20 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 population=args.de_population,
                 generations=args.de_generations,
                 check=False,
+                max_batch=args.de_max_batch,
             )
             name = f"few-pixel-{k}"
             if "stadv" in impl:
-                add(
-                    row(
-                        name,
-                        "stadv",
-                        model,
-                        x,
-                        y,
-                        None,
-                        partial(adversarial, de, model, x, y, None),
-                        "pixels_changed",
-                        device,
-                    )
-                )
+                ours: dict[str, int] = {}
+
+                def run_ours(de: FewPixel = de, ours: dict[str, int] = ours) -> torch.Tensor:
+                    result = de(model, x, y)
+                    ours["evaluations"] = int(result.evaluations.sum())
+                    return result.adv_images
+
+                r = row(name, "stadv", model, x, y, None, run_ours, "pixels_changed", device)
+                per_eval(r, ours["evaluations"])
+                add(r)
             if "scipy" in impl:
                 counted: dict[str, int] = {}
 
@@ -525,7 +542,7 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                     return adv
 
                 r = row(name, "scipy", model, x, y, None, run_scipy, "pixels_changed", device)
-                r["notes"] = f"{counted['evaluations']} model evaluations"
+                per_eval(r, counted["evaluations"])
                 add(r)
             if "torchattacks" in impl and have_ta:
                 add(
@@ -585,6 +602,7 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
         "images": "first n correctly classified MNIST test images",
         "de_population": args.de_population,
         "de_generations": args.de_generations,
+        "de_max_batch": args.de_max_batch,
         "de_pixels": list(args.pixels),
         "full_measurement": not args.quick_model,
     }

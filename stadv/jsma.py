@@ -21,7 +21,7 @@ differentiated and a chosen feature leaves Gamma whatever its new value.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import ClassVar
 
 import torch
@@ -42,8 +42,9 @@ class JSMA(PixelAttack):
             maximum]. Finite, non-zero, in [-1, 1]; the sign picks increasing or decreasing.
         gamma: largest fraction of the D = C * H * W features that may change [0.145]. In
             (0, 1].
-        chunk: images whose D x D saliency maps are scored at once [8]; bounds the memory
-            (8 MNIST images: ~20 MB a map), does not change the result. >= 1.
+        chunk: runtime only, not an option: images whose D x D saliency maps are scored at
+            once [8]; bounds the memory (8 MNIST images: ~20 MB a map), does not change the
+            result. >= 1.
         bounds: valid pixel range (low, high) [(0.0, 1.0)].
         num_classes: classes of the model [10]. seed: seeds the ``"random"`` targets [0].
         check: warn (:mod:`stadv.sanity`) about probability outputs or zero gradients [True].
@@ -67,7 +68,7 @@ class JSMA(PixelAttack):
 
     theta: float = 1.0
     gamma: float = 0.145
-    chunk: int = 8
+    chunk: int = field(default=8, metadata={"option": False})
     bounds: tuple[float, float] = (0.0, 1.0)
     num_classes: int = 10
     seed: int = 0

@@ -204,6 +204,9 @@ def test_jsma_changes_at_most_gamma_of_the_pixels(
     small = JSMA(gamma=0.02)(tiny_model_b, x[:4], batch[1][:4], targets="random")
     frac = (small.adv_images != x[:4]).flatten(1).float().mean(dim=1)
     assert bool((frac <= 0.02).all()) and bool((small.iterations <= 7).all())
+    # Scoring the saliency maps one image at a time gives the same attack.
+    alone = JSMA(gamma=0.02, chunk=1)(tiny_model_b, x[:4], batch[1][:4], targets="random")
+    assert torch.equal(alone.adv_images, small.adv_images)
 
 
 def test_few_pixel_changes_at_most_k_pixels(
@@ -317,6 +320,7 @@ def test_registry_and_option_schema() -> None:
     opts = options(DeepFool)
     assert opts["norm"].kind == "choice" and opts["norm"].choices == ("l2", "linf")
     assert "max_batch" not in options(FewPixel) and "pixels" in options(FewPixel)
+    assert "chunk" not in options(JSMA) and options(JSMA)["gamma"].default == 0.145
     assert build(DeepFool, {"norm": "linf", "max_iterations": "7"}) == DeepFool(
         norm="linf", max_iterations=7
     )
