@@ -29,16 +29,18 @@ gets alone, whatever the batch and however early the others stop.
 
 Implementation choice (``benchmarks/new_attacks.py``, which also runs SciPy's
 ``differential_evolution(vectorized=True)`` on the same encoding and fitness, one image at a
-time with that image's population in one call): on Model B quick-trained (n = 20 images,
-population 100, 20 generations, k = 1, 3, 5, one thread of a shared 2-core CPU) both reached
-the same success (1/20 for every k) after the same number of model evaluations (~40,000), and
-their wall times were equal within the machine's noise (this one 0.80x, 1.01x and 1.39x
-SciPy's attacks/s). In CPU time SciPy's ~100-image model calls were ~20 % cheaper per
-evaluation than one 2,000-image call; ``max_batch=256`` gives this implementation the same
-cost per evaluation (0.22 ms against 0.28 ms on 10 images). This batched torch
-implementation is the one kept: no slower on the CPU with ``max_batch``, no NumPy round trip,
-deterministic per image, and one model call per generation for every pending image, which
-is what a GPU needs (not measured here: no GPU in that session).
+time with that image's ~100 candidates in one call): on Model B quick-trained (n = 20 images,
+population 100, 20 generations, one thread of a shared 2-core CPU) both reached the same
+success (1/20 for each of k = 1, 3, 5) after the same number of model evaluations (~40,000).
+Both are bound by the model's forward pass, so speed is CPU time per model evaluation: with
+every child of a generation in one 2,000-image call (``max_batch=None``) this implementation
+took 0.27-0.28 ms against SciPy's 0.21-0.22 ms (0.76x and 0.81x SciPy's attacks/s for
+k = 1 and 5: large CPU batches fall out of cache); with ``max_batch=256`` it took 0.18-0.20 ms
+against 0.20-0.22 ms, the faster of the two (1.14x SciPy's attacks/s for k = 1). So this
+batched torch implementation is the one kept, run with ``max_batch=256`` on a CPU; its
+default of one model call per generation is for a GPU, where one large call is what pays
+(not measured: no GPU in that session). It also needs no NumPy round trip, and a batch
+gives each image exactly its own attack.
 """
 
 from __future__ import annotations
@@ -69,7 +71,8 @@ class FewPixel(PixelAttack):
         check: warn (:mod:`stadv.sanity`) about probability outputs or zero gradients [True].
         max_batch: runtime only, not an option: most candidate images per model call [None:
             all of a generation's children in one call, the choice for a GPU]; does not change
-            the result. On a CPU, ~256 is ~20 % cheaper than calls of thousands of images.
+            the result. On a CPU use ~256: ~30 % less CPU time per evaluation than one call of
+            thousands of images (see the module docstring).
 
     Call: ``attack(model, images, labels, targets=None) -> AttackResult`` with ``images``
     (N, C, H, W) in ``bounds``, ``labels`` (N,), ``targets`` None (untargeted) or a tensor /
