@@ -15,7 +15,10 @@ from torch import nn
 
 from stadv.attack import StAdv
 from stadv.cw import CarliniWagnerL2
+from stadv.deepfool import DeepFool
+from stadv.few_pixel import FewPixel
 from stadv.fgsm import FGSM
+from stadv.jsma import JSMA
 from stadv.options import check_choice
 from stadv.pgd import PGD
 from stadv.result import AttackResult
@@ -36,7 +39,9 @@ class Attack(Protocol):
 
 #: name -> attack class (the name is what the CLI's ``--attack`` and the sweeps take; each
 #: class's ``name`` class variable, so the key and the class never disagree).
-ATTACKS: dict[str, type[Any]] = {cls.name: cls for cls in (StAdv, FGSM, PGD, CarliniWagnerL2)}
+ATTACKS: dict[str, type[Any]] = {
+    cls.name: cls for cls in (StAdv, FGSM, PGD, CarliniWagnerL2, DeepFool, JSMA, FewPixel)
+}
 
 
 def attack_class(name: str) -> type[Any]:

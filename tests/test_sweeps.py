@@ -744,7 +744,7 @@ def test_defense_sweep_smoke_logs_the_table(defense_smoke: dict[str, Any], tmp_p
     ("extra", "message"),
     [
         (["--defenses", "none", "bogus"], "unknown defense 'bogus'"),
-        (["--attacks", "fgsm", "deepfool"], "unknown attack 'deepfool'"),
+        (["--attacks", "fgsm", "nonesuch"], "unknown attack 'nonesuch'"),
         (["--models", "A", "D"], "unknown model 'D'"),
         (["--pgd-steps", "0"], "pgd_steps must be >= 1, got 0"),
         (["--pgd-adv-weight", "1.5"], "pgd_adv_weight must be in [0, 1], got 1.5"),

@@ -1,0 +1,376 @@
+"""Property tests of DeepFool, JSMA and the few-pixel DE attack, on Model B trained briefly on
+real MNIST (``tiny_model_b``), in the manner of ``tests/test_baselines.py``.
+
+Small settings keep the file fast (DE is model-bound: its cost is population x generations
+forward passes per image); each attack still breaks part of the tiny model.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from torch import nn
+
+from stadv.data import TensorData
+from stadv.deepfool import DeepFool
+from stadv.few_pixel import FewPixel
+from stadv.jsma import JSMA
+from stadv.margin import margin_loss
+from stadv.options import build, options
+from stadv.registry import ATTACKS as REGISTRY
+from stadv.registry import attack_class, label
+from stadv.result import AttackResult
+
+N_IMAGES = 12
+BENCHMARK = Path(__file__).resolve().parents[1] / "benchmarks" / "new_attacks.py"
+
+#: name -> (attack, targets used for it, images it runs on in the shared fixture)
+ATTACKS: dict[str, tuple[Any, str | None, int]] = {
+    "deepfool": (DeepFool(), None, N_IMAGES),
+    "deepfool-linf": (DeepFool(norm="linf"), None, N_IMAGES),
+    "jsma": (JSMA(), "random", 8),
+    "few-pixel": (FewPixel(pixels=5, population=40, generations=10), None, N_IMAGES),
+}
+
+
+@pytest.fixture(scope="module")
+def batch(mnist_test: TensorData) -> tuple[torch.Tensor, torch.Tensor]:
+    return mnist_test.images[:N_IMAGES].clone(), mnist_test.labels[:N_IMAGES].clone()
+
+
+@pytest.fixture(scope="module")
+def results(
+    tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> dict[str, AttackResult]:
+    x, y = batch
+    return {name: a(tiny_model_b, x[:n], y[:n], targets=t) for name, (a, t, n) in ATTACKS.items()}
+
+
+def _accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:
+    with torch.no_grad():
+        return float((model.eval()(x).argmax(1) == y).float().mean())
+
+
+# -- properties of every attack ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_input_not_mutated_and_model_restored(
+    name: str, tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    attack, targets, _ = ATTACKS[name]
+    x, y = batch[0][:3], batch[1][:3]
+    x_before, y_before = x.clone(), y.clone()
+    params_before = [p.detach().clone() for p in tiny_model_b.parameters()]
+    grads_before = [None if p.grad is None else p.grad.clone() for p in tiny_model_b.parameters()]
+    tiny_model_b.train()
+    try:
+        attack(tiny_model_b, x, y, targets=targets)
+        assert all(m.training for m in tiny_model_b.modules())
+    finally:
+        tiny_model_b.eval()
+    assert torch.equal(x, x_before) and torch.equal(y, y_before)
+    assert all(p.requires_grad for p in tiny_model_b.parameters())
+    for p, g in zip(tiny_model_b.parameters(), grads_before, strict=True):  # no parameter gradients
+        assert (p.grad is None and g is None) or (
+            p.grad is not None and g is not None and torch.equal(p.grad, g)
+        )
+    assert all(
+        torch.equal(p, q) for p, q in zip(tiny_model_b.parameters(), params_before, strict=True)
+    )
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_result_shapes_and_success_mask_agree_with_model(
+    name: str,
+    tiny_model_b: nn.Module,
+    results: dict[str, AttackResult],
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    r = results[name]
+    n = ATTACKS[name][2]
+    x, y = batch[0][:n], batch[1][:n]
+    assert isinstance(r, AttackResult) and len(r) == n
+    assert r.adv_images.shape == x.shape and r.adv_images.dtype == x.dtype
+    for field in (r.success, r.predictions, r.labels, r.iterations, r.evaluations, r.margin):
+        assert field.shape == (n,)
+    assert r.l2.shape == (n,) and r.linf.shape == (n,) and len(r.stop_reason) == n
+    with torch.no_grad():
+        logits = tiny_model_b(r.adv_images)
+    pred = logits.argmax(1)
+    assert torch.equal(r.predictions, pred)
+    if r.targets is None:
+        assert torch.equal(r.success, pred != y)
+    else:
+        assert r.targets.shape == (n,) and torch.equal(r.success, pred == r.targets)
+    assert torch.equal(r.margin < 0, r.success)
+    torch.testing.assert_close(r.margin, margin_loss(logits, y, r.targets))
+    diff = (r.adv_images - x).flatten(1)
+    torch.testing.assert_close(r.l2, diff.norm(dim=1))
+    assert r.adv_images.min() >= 0 and r.adv_images.max() <= 1
+    assert r.flows is None and r.seconds > 0
+    assert r.extra["attack"] == type(ATTACKS[name][0]).name
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_accuracy_under_attack_below_clean(
+    name: str,
+    tiny_model_b: nn.Module,
+    results: dict[str, AttackResult],
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    n = ATTACKS[name][2]
+    x, y = batch[0][:n], batch[1][:n]
+    clean = _accuracy(tiny_model_b, x, y)
+    r = results[name]
+    robust = _accuracy(tiny_model_b, r.adv_images, y)
+    assert clean > 0.85
+    # DeepFool and JSMA break (nearly) every image; the small DE run breaks a few.
+    margin = 0.1 if name == "few-pixel" else 0.5
+    assert robust < clean - margin, (name, clean, robust)
+    if r.targets is not None:  # JSMA reaches most of its targets
+        assert r.success_rate >= 0.5
+
+
+@pytest.mark.parametrize("name", list(ATTACKS))
+def test_batched_equals_per_image(
+    name: str, tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    attack, targets, _ = ATTACKS[name]
+    x, y = batch[0][6:9], batch[1][6:9]
+    t = None if targets is None else (y + 3) % 10
+    together = attack(tiny_model_b, x, y, targets=t)
+    alone = [
+        attack(
+            tiny_model_b, x[i : i + 1], y[i : i + 1], targets=None if t is None else t[i : i + 1]
+        )
+        for i in range(3)
+    ]
+    torch.testing.assert_close(
+        together.adv_images, torch.cat([a.adv_images for a in alone]), atol=1e-5, rtol=0
+    )
+    assert torch.equal(together.success, torch.cat([a.success for a in alone]))
+    assert torch.equal(together.iterations, torch.cat([a.iterations for a in alone]))
+    assert together.stop_reason == tuple(s for a in alone for s in a.stop_reason)
+
+
+# -- budgets -----------------------------------------------------------------------------------
+
+
+def test_deepfool_iteration_cap_and_small_perturbations(
+    tiny_model_b: nn.Module,
+    results: dict[str, AttackResult],
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    x, y = batch
+    for name in ("deepfool", "deepfool-linf"):
+        r = results[name]
+        assert bool((r.iterations <= 50).all()) and bool((r.iterations >= 1).all())
+        assert bool((r.evaluations == r.iterations + 1).all())  # each step, then the check
+        assert set(r.stop_reason) <= {"boundary_crossed", "max_iterations"}
+    one = DeepFool(max_iterations=1)(tiny_model_b, x, y)
+    assert bool((one.iterations <= 1).all())
+    # One linearised step is not always enough; fifty are, on this model.
+    assert one.success_rate < results["deepfool"].success_rate == 1.0
+    # DeepFool goes to the nearest boundary: far below FGSM's L-inf 0.3 step in L2 (~3).
+    l2, linf = results["deepfool"], results["deepfool-linf"]
+    assert float(l2.l2.median()) < 1.5
+    # Each variant is the smaller in its own norm.
+    both = l2.success & linf.success
+    assert float(linf.linf[both].mean()) < float(l2.linf[both].mean())
+    assert float(l2.l2[both].mean()) < float(linf.l2[both].mean())
+
+
+def test_jsma_changes_at_most_gamma_of_the_pixels(
+    tiny_model_b: nn.Module,
+    results: dict[str, AttackResult],
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    r = results["jsma"]
+    x = batch[0][:8]
+    changed = (r.adv_images != x).flatten(1).float().mean(dim=1)
+    assert bool((changed <= 0.145 + 1e-9).all())
+    torch.testing.assert_close(r.extra["changed_fraction"], changed)
+    assert r.extra["max_iterations"] == 56  # floor(0.145 * 784 / 2)
+    assert bool((r.iterations <= 56).all())
+    # theta = +1: pixels only go up, to the maximum.
+    moved = r.adv_images != x
+    assert bool((r.adv_images[moved] == 1.0).all())
+    small = JSMA(gamma=0.02)(tiny_model_b, x[:4], batch[1][:4], targets="random")
+    frac = (small.adv_images != x[:4]).flatten(1).float().mean(dim=1)
+    assert bool((frac <= 0.02).all()) and bool((small.iterations <= 7).all())
+    # Scoring the saliency maps one image at a time gives the same attack.
+    alone = JSMA(gamma=0.02, chunk=1)(tiny_model_b, x[:4], batch[1][:4], targets="random")
+    assert torch.equal(alone.adv_images, small.adv_images)
+
+
+def test_few_pixel_changes_at_most_k_pixels(
+    tiny_model_b: nn.Module,
+    results: dict[str, AttackResult],
+    batch: tuple[torch.Tensor, torch.Tensor],
+) -> None:
+    x, y = batch
+    r = results["few-pixel"]
+    changed = (r.adv_images != x).any(dim=1).flatten(1).sum(dim=1)
+    assert bool((changed <= 5).all())
+    counted = r.extra["pixels_changed"]
+    assert isinstance(counted, torch.Tensor) and torch.equal(counted, changed)
+    assert bool((changed[r.success] >= 1).all())
+    assert bool((r.iterations <= 10).all())
+    assert bool((r.evaluations == 1 + 40 * (r.iterations + 1)).all())
+    one = FewPixel(pixels=1, population=8, generations=2)(tiny_model_b, x[:4], y[:4])
+    one_counted = one.extra["pixels_changed"]
+    assert isinstance(one_counted, torch.Tensor) and bool((one_counted <= 1).all())
+
+
+def test_few_pixel_targeted_and_seeded(
+    tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = batch[0][:3], batch[1][:3]
+    attack = FewPixel(pixels=3, population=12, generations=3)
+    a = attack(tiny_model_b, x, y, targets="random")
+    b = attack(tiny_model_b, x, y, targets="random")
+    assert a.targets is not None and torch.equal(a.adv_images, b.adv_images)
+    with torch.no_grad():
+        assert torch.equal(a.success, tiny_model_b(a.adv_images).argmax(1) == a.targets)
+    c = FewPixel(pixels=3, population=12, generations=3, seed=1)(tiny_model_b, x, y)
+    d = attack(tiny_model_b, x, y)
+    assert not torch.equal(c.adv_images, d.adv_images)
+    # Chunking the model calls does not change the result.
+    e = FewPixel(pixels=3, population=12, generations=3, max_batch=7)(tiny_model_b, x, y)
+    torch.testing.assert_close(e.adv_images, d.adv_images, atol=1e-6, rtol=0)
+
+
+def test_misclassified_images_are_returned_unchanged(
+    tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x = batch[0][:4]
+    with torch.no_grad():
+        wrong = (tiny_model_b(x).argmax(1) + 1) % 10  # labels the model never predicts
+    for attack in (DeepFool(), FewPixel(population=8, generations=1)):
+        r = attack(tiny_model_b, x, wrong)
+        assert torch.equal(r.adv_images, x) and bool(r.success.all())
+        assert bool((r.iterations == 0).all())
+
+
+# -- calls and options -------------------------------------------------------------------------
+
+
+def test_targeted_and_untargeted_refusals(
+    tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    x, y = batch[0][:2], batch[1][:2]
+    with pytest.raises(ValueError, match="DeepFool is untargeted.*random"):
+        DeepFool()(tiny_model_b, x, y, targets="random")
+    with pytest.raises(ValueError, match="JSMA is a targeted attack"):
+        JSMA()(tiny_model_b, x, y)
+    for attack in (DeepFool(), FewPixel(population=4, generations=0)):
+        with pytest.raises(ValueError, match="bounds"):
+            attack(tiny_model_b, x + 2.0, y)
+        with pytest.raises(ValueError, match="labels"):
+            attack(tiny_model_b, x, y[:1])
+    with pytest.raises(ValueError, match="differ"):
+        JSMA()(tiny_model_b, x, y, targets=y.clone())
+
+
+@pytest.mark.parametrize(
+    ("cls", "kwargs"),
+    [
+        (DeepFool, {"norm": "l1"}),
+        (DeepFool, {"overshoot": -0.1}),
+        (DeepFool, {"overshoot": float("nan")}),
+        (DeepFool, {"max_iterations": 0}),
+        (DeepFool, {"max_iterations": 2.5}),
+        (DeepFool, {"num_classes": 1}),
+        (JSMA, {"theta": 0.0}),
+        (JSMA, {"theta": 1.5}),
+        (JSMA, {"theta": -2.0}),
+        (JSMA, {"gamma": 0.0}),
+        (JSMA, {"gamma": 1.2}),
+        (JSMA, {"chunk": 0}),
+        (JSMA, {"bounds": (1.0, 0.0)}),
+        (FewPixel, {"pixels": 0}),
+        (FewPixel, {"population": 3}),
+        (FewPixel, {"generations": -1}),
+        (FewPixel, {"mutation": 0.0}),
+        (FewPixel, {"max_batch": 0}),
+        (FewPixel, {"seed": -1}),
+    ],
+)
+def test_bad_hyper_parameters_name_option_and_value(cls: Any, kwargs: dict[str, Any]) -> None:
+    ((key, value),) = kwargs.items()
+    with pytest.raises(ValueError, match=key) as info:
+        cls(**kwargs)
+    assert repr(value) in str(info.value) or str(value) in str(info.value)
+
+
+def test_registry_and_option_schema() -> None:
+    assert attack_class("deepfool") is DeepFool and REGISTRY["jsma"] is JSMA
+    assert attack_class("few-pixel") is FewPixel
+    assert [label(n) for n in ("deepfool", "jsma", "few-pixel")] == [
+        "DeepFool",
+        "JSMA",
+        "Few-pixel DE",
+    ]
+    opts = options(DeepFool)
+    assert opts["norm"].kind == "choice" and opts["norm"].choices == ("l2", "linf")
+    assert "max_batch" not in options(FewPixel) and "pixels" in options(FewPixel)
+    assert "chunk" not in options(JSMA) and options(JSMA)["gamma"].default == 0.145
+    assert build(DeepFool, {"norm": "linf", "max_iterations": "7"}) == DeepFool(
+        norm="linf", max_iterations=7
+    )
+    with pytest.raises(ValueError, match="'l1'.*'l2', 'linf'"):
+        build(DeepFool, {"norm": "l1"})
+    with pytest.raises(TypeError):
+        JSMA(1.0)  # type: ignore[call-arg]
+    with pytest.raises(AttributeError):
+        FewPixel().pixels = 3  # type: ignore[misc]
+
+
+# -- the benchmark script, in a tiny configuration ---------------------------------------------
+
+
+def test_benchmark_script_runs_and_writes_json(data_root: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location("new_attacks_bench", BENCHMARK)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "bench.json"
+    threads = torch.get_num_threads()
+    try:
+        report = bench.main(
+            [
+                "--quick-model",
+                "--n-images", "2",
+                "--attacks", "deepfool", "few-pixel",
+                "--implementations", "stadv", "scipy",
+                "--pixels", "1",
+                "--de-population", "8",
+                "--de-generations", "2",
+                "--data-dir", str(data_root),
+                "--json", str(out),
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    saved = json.loads(out.read_text())
+    assert saved["environment"]["torch"] == torch.__version__
+    assert {"device", "threads", "n_images", "de_population"} <= set(saved["environment"])
+    rows = {(r["attack"], r["implementation"]) for r in saved["rows"]}
+    assert rows == {
+        ("deepfool-l2", "stadv"),
+        ("deepfool-linf", "stadv"),
+        ("few-pixel-1", "stadv"),
+        ("few-pixel-1", "scipy"),
+    }
+    for r in saved["rows"]:
+        assert r["n"] == 2 and r["seconds"] > 0 and r["attacks_per_second"] > 0
+        assert r["success_ci_low"] <= r["success"] <= r["success_ci_high"]
+    assert report["rows"][0]["success"] == 1.0  # DeepFool breaks both images
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--n-images", "0"])
