@@ -75,19 +75,16 @@ def store_dir(tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def ray_address() -> Iterator[str]:
-    """A local Ray instance shared by the sweep tests (the sweeps' own embedded Ray: sized to
-    the machine, on 127.0.0.1 only, no dashboard, no auth token).
+    """A local Ray instance shared by the sweep tests (2 CPUs, no dashboard, no auth token).
 
     The sweep scripts run as subprocesses and join it with ``--address``; starting Ray once
     saves ~5 s per sweep.
     """
     import ray
 
-    from stadv_sweeps.engine.tuning import init_ray
-
     saved = os.environ.get("RAY_AUTH_MODE")
     os.environ["RAY_AUTH_MODE"] = "disabled"
-    init_ray(None)
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         yield ray.get_runtime_context().gcs_address
     finally:
