@@ -181,8 +181,6 @@ def runs_view_state(
 #: The chart sections of the runs page, in this order: MLflow's own names for the metrics
 #: without a prefix ("Model metrics": the headline ones) and ``system/``, ours for the rest.
 SECTIONS = ("Model metrics", "stats", "time", "System metrics")
-#: Chart titles that stay distinct when a narrow card cuts them short.
-CHART_TITLES = {"success_ci_low": "CI low (success)", "success_ci_high": "CI high (success)"}
 
 
 def charts(metrics: Sequence[str]) -> dict[str, Any]:
@@ -202,7 +200,7 @@ def charts(metrics: Sequence[str]) -> dict[str, Any]:
             "isGenerated": True,
             "deleted": False,
             "metricKey": m,
-            "displayName": CHART_TITLES.get(m, m),
+            "displayName": m,
         }
         for m in metrics
     ]
