@@ -158,6 +158,7 @@ def test_sweep_against_a_server_reads_back_as_a_researcher_expects(
     assert 0 <= parent.data.metrics["success_at_base_B"] <= 1
     assert parent.data.metrics["time/overhead_pct"] > 0  # a percentage, as printed
     assert all(v != "None" for v in parent.data.params.values()), parent.data.params
+    assert [d.dataset.name for d in parent.inputs.dataset_inputs] == ["mnist-test[0:4]"]
     local = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "parent")))
     html = (local / "report.html").read_text()
     assert html.count('src="data:image/png;base64,') == len(PARENT_FIGURES)

@@ -58,6 +58,7 @@ from stadv_sweeps.engine.tracking import (
     check_tracking,
     checkpoint_record,
     create_parent,
+    dataset_input,
     find_resumable,
     finished_keys,
     get_or_create_experiment,
@@ -218,6 +219,9 @@ class Driver:
                     points,
                     self.plan.parent_params(spec),
                 )
+                source = str((resolve_data_dir(args.data_dir) / spec.dataset).resolve())
+                evaluated = dataset_input(spec.dataset, "test", 0, images, labels, source)
+                client.log_inputs(parent.info.run_id, datasets=[evaluated])
             else:
                 client.update_run(parent.info.run_id, status="RUNNING")
             data = {"models": models, "images": (images, labels)}
@@ -340,7 +344,7 @@ class Driver:
             client, exp_id, parent, self.view_params, f"{self.sweep} {parent.info.run_name}"
         )
         url = views.runs_url(self.uri, exp_id, key)
-        values = {
+        bookkeeping = {
             "stats/trials_finished": float(total - missing),
             "stats/parallel_slots": float(parallel),
             "time/sweep_s": wall,
@@ -349,8 +353,8 @@ class Driver:
             # percentages, as printed above (the UI shows a metric's number, not its unit)
             "time/overhead_pct": 100 * overhead,
             "time/tune_overhead_pct": 100 * tune_overhead,
-            **summary,
         }
+        values: dict[str, float] = {}  # headline first: the run page lists them as logged
         if len(df):
             meta = {
                 "sweep": self.sweep,
@@ -362,6 +366,8 @@ class Driver:
             note, headline = parent_description(df, meta)
             values.update(headline)
             client.set_tag(parent_id, NOTE_TAG, note)
+        values.update(summary)
+        values.update(bookkeeping)
         client.log_batch(parent_id, metrics=as_metrics(values))
         if len(df):
             self.plan.log_summary(client, parent, df)
