@@ -32,21 +32,23 @@ from mlflow import MlflowClient
 REPO = Path(__file__).resolve().parents[1]
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMOKE_KAPPA_TAU = {("0.0", "0.05"), ("0.0", "0.0"), ("0.5", "0.05"), ("0.5", "0.0")}
+# the names trials log in MLflow (stadv_sweeps.engine.views.MLFLOW_NAMES): headline metrics
+# that stay distinct in a narrow column header, bookkeeping under stats/ and time/
 RATE_METRICS = (
-    "targeted_success_rate",
-    "targeted_success_ci_low",
-    "targeted_success_ci_high",
-    "untargeted_success_rate",
+    "success",
+    "success_ci_low",
+    "success_ci_high",
+    "untargeted_success",
     "clean_accuracy",
 )
 OTHER_METRICS = (
     "mean_flow_loss",
-    "median_flow_loss",
+    "stats/median_flow_loss",
     "mean_l2",
-    "mean_linf",
-    "mean_iterations",
-    "seconds",
-    "attacks_per_second",
+    "stats/mean_linf",
+    "stats/mean_iterations",
+    "time/attack_s",
+    "attacks_per_s",
 )
 CHILD_ARTIFACTS = (
     "figure2_grid.png",
@@ -213,9 +215,9 @@ def test_kappa_tau_smoke_logs_parent_and_child_runs(kappa_tau_smoke: dict[str, A
             assert 0.0 <= metrics[key] <= 1.0, (key, metrics[key])
         for key in OTHER_METRICS:
             assert math.isfinite(metrics[key]) and metrics[key] >= 0, (key, metrics[key])
-        rate = metrics["targeted_success_rate"]
-        assert metrics["targeted_success_ci_low"] <= rate <= metrics["targeted_success_ci_high"]
-        assert metrics["attacks"] == 36.0  # 4 images x 9 targets
+        rate = metrics["success"]
+        assert metrics["success_ci_low"] <= rate <= metrics["success_ci_high"]
+        assert metrics["stats/attacks"] == 36.0  # 4 images x 9 targets
         assert tags["model"] == "B" and tags["dataset"] == "mnist"
         assert tags["device"].startswith("cpu")
         assert tags["version.torch"] and tags["version.ray"] and tags["version.mlflow"]
@@ -246,7 +248,7 @@ def test_kappa_tau_smoke_artifacts_are_valid(
         assert set(table["target"]) <= set(range(10))
         assert (table["target"] != table["label"]).all()
         # the table and the logged metric describe the same attacks
-        assert table["success"].mean() == pytest.approx(child.data.metrics["targeted_success_rate"])
+        assert table["success"].mean() == pytest.approx(child.data.metrics["success"])
         csv = pd.read_csv(local / "attacks.csv")
         assert list(csv["prediction"]) == list(table["prediction"])
 
@@ -362,7 +364,7 @@ def test_ablation_smoke_with_embedded_ray(
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["tau"] == "0.05" and child.data.params["kappa"] == "0.0"
-        assert 0 <= child.data.metrics["targeted_success_rate"] <= 1
+        assert 0 <= child.data.metrics["success"] <= 1
     local = Path(client.download_artifacts(parents[0].info.run_id, "", str(tmp_path / "parent")))
     effects = pd.read_json(local / "effects.json")
     assert set(effects["choice"]) == {"keep=last", "loss_input=softmax"}
@@ -701,9 +703,9 @@ def test_defense_sweep_smoke_logs_the_table(defense_smoke: dict[str, Any], tmp_p
         params, metrics = child.data.params, child.data.metrics
         assert params["model"] == "B" and params["targets"] == "random"
         assert params["model_variant"] == "smoke" and params["eval_images"] == "2000"
-        assert metrics["attacks"] == 2.0  # 2 images, one random target each
-        rate = metrics["targeted_success_rate"]
-        assert metrics["targeted_success_ci_low"] <= rate <= metrics["targeted_success_ci_high"]
+        assert metrics["stats/attacks"] == 2.0  # 2 images, one random target each
+        rate = metrics["success"]
+        assert metrics["success_ci_low"] <= rate <= metrics["success_ci_high"]
         assert 0 <= metrics["clean_accuracy"] <= 1 and 0 < metrics["test_accuracy"] <= 1
         accuracy.setdefault(params["defense"], set()).add(metrics["test_accuracy"])
         if params["defense"] in ("fgsm", "ensemble", "pgd"):
@@ -818,3 +820,133 @@ def test_defense_settings_name_their_checkpoints() -> None:
     assert keys == [
         p.key for p in spec_mod.build_defense_points(spec_mod.DefenseSpec.from_json(saved))
     ]
+
+
+# --- how a sweep reads in MLflow's UI (stadv_sweeps.engine.views): fast, no Ray ---------------
+def test_metric_names_round_trip_and_headline_names_stay_distinct() -> None:
+    from stadv_sweeps.engine import views
+
+    library = {"targeted_success_rate": 0.5, "seconds": 2.0, "custom": 1.0}
+    logged = views.to_mlflow(library)
+    assert logged == {"success": 0.5, "time/attack_s": 2.0, "custom": 1.0}
+    assert views.from_mlflow(logged) == library
+    # a narrow column header shows ~14 characters: the headline names differ within them
+    assert len({name[:14] for name in views.HEADLINE}) == len(views.HEADLINE)
+    assert all("/" not in name for name in views.HEADLINE)
+    assert all("/" in name for name in views.MLFLOW_NAMES.values() if name not in views.HEADLINE)
+    assert views.rounded(0.9444444444444444) == 0.9444444
+    assert math.isnan(views.rounded(math.nan))
+
+
+def test_runs_link_and_saved_view_state() -> None:
+    from stadv_sweeps.engine import views
+
+    key = views.view_key("abc")
+    url = views.runs_url("sqlite:////tmp/x.db", "7", key)
+    assert url == (
+        "http://127.0.0.1:5000/#/experiments/7/runs?workflowType=machine_learning"
+        "&viewStateShareKey=sweep-abc"
+    )
+    assert views.runs_url("http://host:5001/", "7").startswith("http://host:5001/#/experiments/7/")
+    assert views.ui_command("sqlite:////tmp/x.db") == (
+        "mlflow ui --backend-store-uri sqlite:////tmp/x.db --host 127.0.0.1 --port 5000"
+    )
+    state = views.runs_view_state("abc", params=["model", "kappa", "tau"])
+    envelope = json.loads(views.view_envelope("kappa_tau sweep", state, now_ms=5))
+    assert envelope["name"] == "kappa_tau sweep" and envelope["createdAt"] == 5
+    inner = json.loads(envelope["state"])
+    assert inner["searchFilter"] == "tags.`mlflow.parentRunId` = 'abc'"
+    assert inner["selectedColumns"][:4] == [
+        "params.`model`",
+        "params.`kappa`",
+        "params.`tau`",
+        "metrics.`success`",
+    ]
+
+
+def test_default_options_are_logged_as_the_values_used() -> None:
+    from stadv.attack import StAdv
+    from stadv.options import to_params
+    from stadv_sweeps.engine.tracking import explicit_options, explicit_parent_params
+
+    shown = explicit_options(StAdv(), to_params(StAdv()))
+    assert "None" not in shown.values()
+    assert shown["wolfe"] == "weak" and shown["device"] == "auto"
+    assert (
+        explicit_options(StAdv(solver="scipy"), to_params(StAdv(solver="scipy")))["wolfe"]
+        == "strong"
+    )
+    parent = explicit_parent_params({"attack": "stadv", "base.wolfe": None, "base.tau": 0.05})
+    assert parent["base.wolfe"] == "weak" and parent["base.tau"] == 0.05
+
+
+def test_html_report_embeds_its_figures(tmp_path: Path) -> None:
+    from stadv_sweeps.engine.report import report_html
+
+    (tmp_path / "figures").mkdir()
+    (tmp_path / "figures" / "a.png").write_bytes(PNG_SIGNATURE + b"x" * 200)
+    text = "# Title\n\n- one `x`\n\n| a | b |\n|---|---|\n| 1 | 2 |\n\n![a](figures/a.png)\n"
+    html = report_html(text, tmp_path)
+    assert "<h1>Title</h1>" in html and "<td>1</td>" in html and "<code>x</code>" in html
+    assert 'src="data:image/png;base64,' in html
+
+
+def test_figures_are_legible_and_plain(tmp_path: Path) -> None:
+    """Every figure at 150 dpi is >= 1000 px wide, with no offset notation on its axes."""
+    import torch
+    from PIL import Image
+
+    from stadv import plots
+    from stadv.result import AttackResult
+    from stadv_sweeps.engine.figures import figures
+
+    n = 3
+    labels = torch.tensor([1, 1, 4])
+    result = AttackResult(
+        adv_images=torch.rand(n, 1, 28, 28),
+        labels=labels,
+        predictions=torch.tensor([2, 0, 4]),
+        success=torch.tensor([True, False, False]),
+        targets=torch.tensor([2, 3, 5]),
+        source_index=torch.tensor([0, 0, 2]),
+        margin=torch.zeros(n),
+        l2=torch.ones(n),
+        linf=torch.ones(n),
+        iterations=torch.ones(n, dtype=torch.long),
+        evaluations=torch.ones(n, dtype=torch.long),
+        seconds=1.0,
+        flows=torch.randn(n, 2, 28, 28),
+        flow_loss=torch.ones(n),
+    )
+    images = torch.rand(n, 1, 28, 28)
+    grid = plots.figure2_grid(result, images, labels)
+    assert len(grid.axes) == 2 * 10  # rows only for the classes present (1 and 4)
+    df = pd.DataFrame(
+        {
+            "model": ["B"] * 4,
+            "kappa": [0.0, 0.0, 0.5, 0.5],
+            "tau": [0.05, 0.0, 0.05, 0.0],
+            "targeted_success_rate": [0.9, 0.8, 0.9, 0.8],
+            "targeted_success_ci_low": [0.8, 0.7, 0.8, 0.7],
+            "targeted_success_ci_high": [0.95, 0.9, 0.95, 0.9],
+            "attacks": [36.0] * 4,
+            "mean_flow_loss": [1000.1, 1000.2, 1000.3, 1000.4],  # would need an offset
+        }
+    )
+    made = {
+        "grid": grid,
+        "quiver": plots.flow_quiver(result, 0, images=images),
+        "targets": plots.target_heatmap(result),
+        **figures(df, {"kappa": 0.0, "tau": 0.05}),
+    }
+    assert {"vs_kappa.png", "vs_tau.png", "heatmap_kappa_tau_B.png"} <= set(made)
+    for name, fig in made.items():
+        path = plots.save_png(fig, tmp_path / f"{name}.png")
+        with Image.open(path) as im:
+            assert im.width >= 1000, (name, im.size)
+        fig.canvas.draw()
+        for ax in fig.axes:
+            for axis in (ax.xaxis, ax.yaxis):
+                assert not axis.get_offset_text().get_text(), name
+    vs = made["vs_kappa.png"].axes[0]
+    assert vs.containers, "success plotted with error bars"

@@ -12,7 +12,12 @@ its models and how to summarise its runs). The driver (the process running the s
    model bundles and the test images in Ray's object store, so trials need no shared disk;
 5. runs one Ray Tune trial per grid point (:func:`~stadv_sweeps.engine.trial.run_trial`;
    FIFO: every trial runs to the end), retrying a failed trial up to ``--max-failures`` times;
-6. prints and logs the plan's summary on the parent run and the ``mlflow ui`` command.
+6. prints and logs the plan's summary on the parent run (its description, headline metrics
+   and an HTML report with its figures), saves the sweep's runs view on the experiment and
+   prints the link that opens it and the command that serves it (:mod:`views`).
+
+Smoke tests go to their own experiment, ``<sweep>-smoke``, unless ``--experiment-name`` says
+otherwise. Tune's own result loggers (and its TensorBoard hint) are off: MLflow is the record.
 
 The tracking store is also the sweep's memory: the parent run holds the resolved grid
 (``stadv_sweep.json``). ``--resume`` finds the latest unfinished parent run of the experiment
@@ -27,30 +32,39 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
+import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 import ray
 from mlflow import MlflowClient
 
-from stadv.data import DataNotFoundError
+from stadv.data import DataNotFoundError, resolve_data_dir
 from stadv.store import CheckpointError
+from stadv_sweeps.engine import views
 from stadv_sweeps.engine.cli import add_run_arguments, check_run_arguments, new_parser
 from stadv_sweeps.engine.errors import SweepError
-from stadv_sweeps.engine.prepare import prepare_data
+from stadv_sweeps.engine.prepare import SMOKE_VARIANT, prepare_data
+from stadv_sweeps.engine.report import parent_description, report_html
 from stadv_sweeps.engine.runs import runs_frame
 from stadv_sweeps.engine.spec import Point
 from stadv_sweeps.engine.tracking import (
+    NOTE_TAG,
     as_metrics,
     check_tracking,
+    checkpoint_record,
     create_parent,
+    dataset_input,
     find_resumable,
     finished_keys,
     get_or_create_experiment,
     git_commit,
     resolve_tracking_uri,
+    save_runs_view,
     ui_command,
     versions,
 )
@@ -152,7 +166,8 @@ class Driver:
         self.plan = plan
         self.sweep = plan.sweep
         self.started = time.perf_counter()
-        self.experiment = args.experiment_name or plan.sweep
+        smoke = bool(getattr(args, "smoke_test", False))
+        self.experiment = args.experiment_name or (f"{plan.sweep}-smoke" if smoke else plan.sweep)
         self.uri = resolve_tracking_uri(args.tracking_uri)
         self.tune_seconds = 0.0
 
@@ -204,9 +219,13 @@ class Driver:
                     points,
                     self.plan.parent_params(spec),
                 )
+                source = str((resolve_data_dir(args.data_dir) / spec.dataset).resolve())
+                evaluated = dataset_input(spec.dataset, "test", 0, images, labels, source)
+                client.log_inputs(parent.info.run_id, datasets=[evaluated])
             else:
                 client.update_run(parent.info.run_id, status="RUNNING")
             data = {"models": models, "images": (images, labels)}
+            self.view_params = _distinguishing_params(points)
             return self._sweep(client, parent, spec, points, data, per_trial)
         finally:
             if started_ray:
@@ -244,6 +263,16 @@ class Driver:
             "cpus_per_trial": cpus,
             "git_commit": git_commit(),
             "versions": versions(),
+            "data_source": str((resolve_data_dir(self.args.data_dir) / spec.dataset).resolve()),
+            "checkpoints": {
+                m: checkpoint_record(
+                    m,
+                    spec.dataset,
+                    store=self.args.store,
+                    variant=SMOKE_VARIANT if spec.smoke else "",
+                )
+                for m in spec.models
+            },
         }
         status = 0
         ran: list[dict[str, Any]] = []
@@ -254,6 +283,9 @@ class Driver:
                 "images": ray.put(data["images"]),
             }
             storage = tune_storage(self.args.storage_path, self.experiment)
+            # Tune's CSV/JSON/TensorBoard result files (and its "To visualize your results with
+            # TensorBoard" hint): MLflow holds the results, the hint would compete with its link
+            os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
             tune_start = time.perf_counter()
             try:
                 grid = run_tune(todo, ctx, refs, self.args, storage, per_trial)
@@ -290,7 +322,7 @@ class Driver:
     ) -> None:
         """Print the tables and overhead; log the summary, figures and report on the parent."""
         parent = client.get_run(parent_id)
-        df = runs_frame(client, parent)
+        df = views.frame_from_mlflow(runs_frame(client, parent))
         summary: dict[str, float] = {}
         if len(df):
             text, summary = self.plan.summary(parent, df)
@@ -307,20 +339,43 @@ class Driver:
             f"{wall:.0f} s (model training excluded, this summary included): overhead "
             f"{overhead:+.1%}; Ray Tune loop {self.tune_seconds:.0f} s: overhead {tune_overhead:+.1%}"
         )
-        values = {
-            "trials_finished": float(total - missing),
-            "sweep_seconds": wall,
-            "tune_seconds": self.tune_seconds,
-            "attack_seconds_sum": attack,
-            "parallel_slots": float(parallel),
-            "overhead": overhead,
-            "tune_overhead": tune_overhead,
-            **summary,
+        exp_id = str(parent.info.experiment_id)
+        key = save_runs_view(
+            client, exp_id, parent, self.view_params, f"{self.sweep} {parent.info.run_name}"
+        )
+        url = views.runs_url(self.uri, exp_id, key)
+        bookkeeping = {
+            "stats/trials_finished": float(total - missing),
+            "stats/parallel_slots": float(parallel),
+            "time/sweep_s": wall,
+            "time/tune_s": self.tune_seconds,
+            "time/attack_s_sum": attack,
+            # percentages, as printed above (the UI shows a metric's number, not its unit)
+            "time/overhead_pct": 100 * overhead,
+            "time/tune_overhead_pct": 100 * tune_overhead,
         }
+        values: dict[str, float] = {}  # headline first: the run page lists them as logged
+        if len(df):
+            meta = {
+                "sweep": self.sweep,
+                "smoke": bool(getattr(self.args, "smoke_test", False)),
+                "finished": total - missing,
+                "trials": total,
+                "url": url,
+            }
+            note, headline = parent_description(df, meta)
+            values.update(headline)
+            client.set_tag(parent_id, NOTE_TAG, note)
+        values.update(summary)
+        values.update(bookkeeping)
         client.log_batch(parent_id, metrics=as_metrics(values))
         if len(df):
             self.plan.log_summary(client, parent, df)
-        print(f"\nBrowse the runs:\n  {ui_command(self.uri)}")
+            _log_html_report(client, parent_id)
+        print("\nBrowse the runs (MLflow UI, model-training view, this sweep's trials):")
+        print(f"  {url}")
+        if not self.uri.startswith(("http://", "https://")):
+            print(f"served by:\n  {ui_command(self.uri)}")
         if self.plan.report_script:
             print("Report:")
             print(
@@ -330,3 +385,37 @@ class Driver:
 
     def _hint(self) -> str:
         return _resume_hint(self.args, self.sweep, self.uri, self.experiment)
+
+
+def _distinguishing_params(points: Sequence[Point]) -> list[str]:
+    """The run parameters that tell the trials apart (the runs view's columns): ``model``,
+    the plan's own (e.g. ``defense``), ``attack`` when several, then the attack options that
+    differ between trials (among those every trial's attack has)."""
+
+    def varies(values: Sequence[Any]) -> bool:
+        return len({repr(v) for v in values}) > 1
+
+    out = ["model"]
+    extra = dict.fromkeys(k for p in points for k in p.params)
+    out += [k for k in extra if k not in out]
+    if varies([p.attack_name for p in points]):
+        out.append("attack")
+    common = set.intersection(*(set(p.options()) for p in points)) if points else set()
+    first = points[0].options() if points else {}
+    out += [k for k in first if k in common and varies([p.options()[k] for p in points])]
+    return out
+
+
+def _log_html_report(client: MlflowClient, run_id: str) -> None:
+    """``report.html`` beside the parent's ``report.md`` (when the plan logged one and no
+    HTML), with the figures it names embedded, so MLflow's artifact viewer shows them."""
+    names = {a.path for a in client.list_artifacts(run_id)}
+    if "report.md" not in names or "report.html" in names:
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        local = Path(client.download_artifacts(run_id, "", tmp))
+        html = report_html((local / "report.md").read_text(), local)
+        out = Path(tmp) / "html" / "report.html"
+        out.parent.mkdir()
+        out.write_text(html)
+        client.log_artifact(run_id, str(out))

@@ -7,11 +7,20 @@ the store in the driver alone (concurrent first writers race on the schema migra
 One parent run per sweep holds the parameters, the resolved grid (``stadv_sweep.json``, what
 ``--resume`` reads back) and the summary; each trial is a nested child run tagged with its
 ``stadv.trial_key``, so a trial can find its own finished run and never run twice.
+
+For MLflow's UI: the experiment is marked as model development (``mlflow.experimentKind``),
+each sweep saves a runs view on it (:func:`save_runs_view`, see
+:mod:`~stadv_sweeps.engine.views`), runs carry a Markdown description
+(``mlflow.note.content``), the evaluated images as a dataset input (:func:`dataset_input`)
+and the attacked checkpoint (:func:`checkpoint_record`). No parameter reads ``None``: an
+option left to its default is logged as the value the attack uses (:func:`explicit_options`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import os
 import platform
 import re
@@ -29,9 +38,13 @@ import numpy
 import ray
 import torch
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Dataset, DatasetInput, InputTag, Metric, Param, RunTag
 
 import stadv
+from stadv.options import build, options
+from stadv.registry import ATTACKS
+from stadv.store import checkpoint_path
+from stadv_sweeps.engine import views
 from stadv_sweeps.engine.errors import ResultsError, SweepError
 from stadv_sweeps.engine.runs import find_parent, search_all
 from stadv_sweeps.engine.spec import Point
@@ -99,10 +112,17 @@ def check_tracking(uri: str) -> None:
         raise SweepError(f"tracking URI {uri} is unreachable: {first[:300]}") from None
 
 
+#: The experiment tag by which MLflow's UI picks its view (model development, not GenAI).
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+EXPERIMENT_KIND = "custom_model_development"
+#: Where MLflow's UI reads a run's (or an experiment's) Markdown description.
+NOTE_TAG = "mlflow.note.content"
+#: Saved views of MLflow's UI are experiment tags with this prefix.
+VIEW_TAG_PREFIX = "mlflow.sharedViewState."
+
+
 def ui_command(uri: str) -> str:
-    if uri.startswith(("http://", "https://")):
-        return f"open {uri} in a browser (the tracking server's UI)"
-    return f"mlflow ui --backend-store-uri {uri}"
+    return views.ui_command(uri)
 
 
 def git_commit() -> str:
@@ -145,13 +165,116 @@ def as_tags(tags: Mapping[str, Any]) -> list[RunTag]:
 
 
 def as_metrics(values: Mapping[str, Any]) -> list[Metric]:
-    """The real numbers among ``values`` as MLflow metrics (anything else is left out)."""
+    """The real numbers among ``values`` as MLflow metrics (anything else is left out), rounded
+    to :data:`~stadv_sweeps.engine.views.SIGNIFICANT` significant digits."""
     now = int(time.time() * 1000)
     out = []
     for k, v in values.items():
         if isinstance(v, (int, float)) and not isinstance(v, bool):
-            out.append(Metric(k, float(v), now, 0))
+            out.append(Metric(k, views.rounded(float(v)), now, 0))
     return out
+
+
+def explicit_options(attack: Any, values: Mapping[str, str]) -> dict[str, str]:
+    """``values`` (option -> logged string) with every ``None`` option replaced by what the
+    attack uses instead: its ``effective_<option>`` (``wolfe``: the solver's line search),
+    else ``auto`` (``device``: the trial's device, in the run's ``device`` tag)."""
+    out = dict(values)
+    for name in options(type(attack)):
+        if name in out and getattr(attack, name) is None:
+            effective = getattr(attack, f"effective_{name}", None)
+            out[name] = "auto" if effective is None else _text(effective)
+    return out
+
+
+def _text(value: Any) -> str:
+    return repr(value) if isinstance(value, float) else str(value)
+
+
+def explicit_parent_params(params: Mapping[str, Any]) -> dict[str, Any]:
+    """A parent run's parameters with its attacks' ``None`` options made explicit (as
+    :func:`explicit_options`): ``base.<option>`` of the grid sweeps' attack, and
+    ``<attack>.<option>`` of the defense sweep's attacks."""
+    out = dict(params)
+    groups = {"base.": str(params.get("attack", "stadv"))}
+    groups.update({f"{a}.": a for a in ATTACKS})
+    for prefix, name in groups.items():
+        values = {k[len(prefix) :]: v for k, v in params.items() if k.startswith(prefix)}
+        if name not in ATTACKS or not values or all(v is not None for v in values.values()):
+            continue
+        try:
+            attack = build(ATTACKS[name], values)
+        except (TypeError, ValueError):
+            continue  # leave them as they are: the plan's own values
+        shown = explicit_options(attack, {k: _text(v) for k, v in values.items()})
+        out.update({prefix + k: v for k, v in shown.items() if values[k] is None})
+    return out
+
+
+def set_experiment_kind(client: MlflowClient, exp_id: str) -> None:
+    """Mark the experiment as model development, so MLflow's UI opens its runs, not the
+    GenAI traces page (an experiment already marked otherwise is left alone)."""
+    exp = client.get_experiment(exp_id)
+    if exp.tags.get(EXPERIMENT_KIND_TAG) in (None, "", "no_inferred_type"):
+        client.set_experiment_tag(exp_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+
+
+def save_runs_view(
+    client: MlflowClient, exp_id: str, parent: Any, params: Sequence[str], name: str
+) -> str:
+    """Save the sweep's runs view on the experiment (its trials; ``params`` then the headline
+    metrics as columns) and return its key (the URL's ``viewStateShareKey``)."""
+    key = views.view_key(parent.info.run_id)
+    state = views.runs_view_state(parent.info.run_id, params=params)
+    client.set_experiment_tag(exp_id, VIEW_TAG_PREFIX + key, views.view_envelope(name, state))
+    return key
+
+
+def dataset_input(
+    dataset: str, split: str, start: int, images: Any, labels: Any, source: str
+) -> DatasetInput:
+    """The evaluated images as an MLflow dataset input: name with the index range, digest of
+    the tensors' bytes, the source folder, shape and class counts as its profile."""
+    h = hashlib.sha256()
+    for t in (images, labels):
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    n = int(images.shape[0])
+    counts = labels.detach().cpu().bincount().tolist()
+    profile = {
+        "split": split,
+        "index_range": f"{start}-{start + n - 1}",
+        "num_images": n,
+        "image_shape": list(images.shape[1:]),
+        "class_counts": {str(c): int(k) for c, k in enumerate(counts) if k},
+    }
+    schema = {"images": f"float32 {list(images.shape)} in [0, 1]", "labels": f"int64 [{n}]"}
+    ds = Dataset(
+        name=f"{dataset}-{split}[{start}:{start + n}]",
+        digest=h.hexdigest()[:16],
+        source_type="local",
+        source=json.dumps({"uri": source}),
+        schema=json.dumps(schema),
+        profile=json.dumps(profile),
+    )
+    return DatasetInput(ds, tags=[InputTag("mlflow.data.context", "evaluation")])
+
+
+def checkpoint_record(
+    model: str, dataset: str, *, store: str | None, variant: str = ""
+) -> dict[str, str]:
+    """The stored checkpoint of an undefended model, from its sidecar: path, SHA-256, test
+    accuracy (empty when the store holds none)."""
+    path = checkpoint_path(model, dataset, store=store, variant=variant)
+    sidecar = path.with_suffix(".json")
+    if not sidecar.is_file():
+        return {}
+    info = json.loads(sidecar.read_text())
+    return {
+        "checkpoint.path": str(path.resolve()),
+        "checkpoint.sha256": str(info.get("sha256", "")),
+        "checkpoint.test_accuracy": f"{float(info.get('test_accuracy', math.nan)):.4f}",
+        "checkpoint.variant": variant or "default",
+    }
 
 
 def child_runs(
@@ -183,12 +306,14 @@ def get_or_create_experiment(client: MlflowClient, name: str, uri: str) -> str:
             raise SweepError(
                 f"MLflow experiment {name!r} is deleted; restore it or pick another name"
             )
+        set_experiment_kind(client, str(exp.experiment_id))
         return str(exp.experiment_id)
     location = None
     if uri.startswith("sqlite:///"):
         slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name)
         location = str(Path(uri[len("sqlite:///") :]).parent / "mlruns" / slug)
-    return str(client.create_experiment(name, artifact_location=location))
+    tags = {EXPERIMENT_KIND_TAG: EXPERIMENT_KIND}
+    return str(client.create_experiment(name, artifact_location=location, tags=tags))
 
 
 def create_parent(
@@ -215,7 +340,8 @@ def create_parent(
             **{f"version.{k}": v for k, v in versions().items()},
         },
     )
-    client.log_batch(run.info.run_id, params=as_params({**params, "trials": len(points)}))
+    shown = explicit_parent_params({**params, "trials": len(points)})
+    client.log_batch(run.info.run_id, params=as_params(shown))
     with tempfile.TemporaryDirectory() as tmp:
         state = {"spec": dict(spec_json), "points": [p.to_json() for p in points]}
         (Path(tmp) / STATE_FILE).write_text(json.dumps(state, indent=1))

@@ -6,11 +6,16 @@ again; unfinished leftovers of a killed attempt are deleted first. So Ray's retr
 ``--resume`` never leave duplicates. Otherwise it rebuilds its model from the bundle in
 Ray's object store (:mod:`bundles`), runs its attack over the images and logs parameters,
 metrics, tags and artifacts (the Figure-2 grid, a flow quiver for stAdv, the
-target-vs-prediction heat map and the per-attack table as Parquet and CSV).
+target-vs-prediction heat map and the per-attack table as Parquet and CSV), the evaluated
+images as a dataset input, the attacked checkpoint as ``checkpoint.*`` tags, a one-line
+Markdown description, and MLflow's system metrics (``system/*``, sampled every
+:data:`SYSTEM_METRICS_INTERVAL_S` seconds while the attack runs). Metric names in MLflow are
+:mod:`~stadv_sweeps.engine.views`'s; Tune gets the library's.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import socket
@@ -23,6 +28,7 @@ from typing import Any
 import ray
 import torch
 from mlflow import MlflowClient
+from mlflow.system_metrics.system_metrics_monitor import SystemMetricsMonitor
 from ray import tune
 
 from stadv import plots
@@ -30,10 +36,23 @@ from stadv.metrics import attack_table, summarize
 from stadv.models import predict
 from stadv.options import to_params
 from stadv.targets import as_target_spec
+from stadv_sweeps.engine import views
 from stadv_sweeps.engine.bundles import to_module
 from stadv_sweeps.engine.spec import Point
 from stadv_sweeps.engine.tags import PARENT_TAG, SWEEP_TAG, TRIAL_KEY_TAG
-from stadv_sweeps.engine.tracking import as_metrics, as_params, as_tags, child_runs
+from stadv_sweeps.engine.tracking import (
+    NOTE_TAG,
+    as_metrics,
+    as_params,
+    as_tags,
+    child_runs,
+    dataset_input,
+    explicit_options,
+)
+
+#: Seconds between two samples of a trial's system metrics (MLflow's default is 10 s, longer
+#: than a smoke trial).
+SYSTEM_METRICS_INTERVAL_S = 1.0
 
 
 def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
@@ -55,7 +74,8 @@ def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     done = [r for r in previous if r.info.status == "FINISHED"]
     if done:  # finished before an interruption or a retry: report it, do not run it again
         run = done[0]
-        tune.report({**run.data.metrics, "mlflow_run_id": run.info.run_id, "reused": 1})
+        metrics = views.from_mlflow(run.data.metrics)
+        tune.report({**metrics, "mlflow_run_id": run.info.run_id, "reused": 1})
         return
     for r in previous:  # a killed or failed attempt: its partial run must not linger
         client.delete_run(r.info.run_id)
@@ -83,17 +103,63 @@ def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
         "torch_threads": torch.get_num_threads(),
         "ray_trial_id": context.get_trial_id() if context else "",
         **{f"version.{k}": v for k, v in ctx["versions"].items()},
+        **ctx.get("checkpoints", {}).get(point.weights or point.model, {}),
     }
     # tag values must be strings (the REST store rejects anything else)
     run = client.create_run(exp_id, run_name=point.label, tags={k: str(v) for k, v in tags.items()})
     run_id = run.info.run_id
+    monitor = _system_metrics(run_id, ctx["tracking_uri"])
     try:
         metrics = _attack_and_log(client, run_id, point, ctx, data, device)
     except BaseException:
+        _stop(monitor)
         client.set_terminated(run_id, "FAILED")
         raise
+    _stop(monitor)
     client.set_terminated(run_id, "FINISHED")
     tune.report({**metrics, "mlflow_run_id": run_id, "reused": 0})
+
+
+def _system_metrics(run_id: str, uri: str) -> SystemMetricsMonitor | None:
+    """MLflow's CPU, memory, disk, network (and GPU) sampler on this run, started; None if it
+    cannot start here (the trial runs without)."""
+    # its start/stop lines, once per trial from every worker, would bury the progress lines
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    try:
+        monitor = SystemMetricsMonitor(  # type: ignore[no-untyped-call]
+            run_id, sampling_interval=SYSTEM_METRICS_INTERVAL_S, tracking_uri=uri
+        )
+        monitor.start()  # type: ignore[no-untyped-call]
+    except Exception as err:  # a missing sensor must not fail the trial
+        warnings.warn(f"system metrics not sampled: {err}", stacklevel=2)
+        return None
+    return monitor
+
+
+def _stop(monitor: SystemMetricsMonitor | None) -> None:
+    if monitor is not None:
+        monitor.finish()  # type: ignore[no-untyped-call]
+
+
+def _description(point: Point, metrics: dict[str, float], params: dict[str, Any]) -> str:
+    """The child run's Markdown description: what ran and its headline result."""
+    rate = metrics.get("targeted_success_rate", metrics.get("untargeted_success_rate"))
+    which = "targeted" if "targeted_success_rate" in metrics else "untargeted"
+    stem = f"{which}_success"
+    low, high = metrics.get(f"{stem}_ci_low"), metrics.get(f"{stem}_ci_high")
+    lines = [
+        f"**{point.label}**: {point.attack_name} against model {point.model} "
+        f"({params.get('dataset', '')}, {int(metrics.get('n_images', 0))} images, "
+        f"targets {params.get('targets', '')}).",
+        "",
+    ]
+    if rate is not None and low is not None and high is not None:
+        lines.append(
+            f"{which.capitalize()} success **{rate:.2%}** (95 % Wilson interval "
+            f"{low:.2%} to {high:.2%}) over {int(metrics.get('attacks', 0))} attacks; "
+            f"clean accuracy {metrics.get('clean_accuracy', float('nan')):.2%}."
+        )
+    return "\n".join(lines)
 
 
 def _attack_and_log(
@@ -125,7 +191,7 @@ def _attack_and_log(
     metrics.update(info.get("metrics", {}))
 
     params = {
-        **to_params(attack),
+        **explicit_options(attack, to_params(attack)),
         "attack": attack_name,
         "model": model_name,
         "dataset": ctx["dataset"],
@@ -141,6 +207,12 @@ def _attack_and_log(
         params=as_params(params),
         tags=as_tags({"warnings": " | ".join(notes)[:4000]} if notes else {}),
     )
+    client.log_inputs(
+        run_id,
+        datasets=[
+            dataset_input(ctx["dataset"], "test", 0, images, labels, ctx.get("data_source", ""))
+        ],
+    )
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         table = attack_table(result)
@@ -148,9 +220,8 @@ def _attack_and_log(
         table.to_csv(folder / "attacks.csv", index=False)
         images_cpu, labels_cpu = images.cpu(), labels.cpu()
         if result.targeted:
-            grid = plots.figure2_grid(result, images_cpu, labels_cpu)
-            if attack_name != "stadv":
-                grid.suptitle(f"{attack_name}: rows = source class, columns = target class")
+            shown = {"stadv": "stAdv", "cw": "C&W", "fgsm": "FGSM"}.get(attack_name, attack_name)
+            grid = plots.figure2_grid(result, images_cpu, labels_cpu, title=shown)
             plots.save_png(grid, folder / "figure2_grid.png")
         if result.flows is not None:
             hits = result.success.nonzero().flatten()
@@ -161,5 +232,9 @@ def _attack_and_log(
         plots.save_png(plots.target_heatmap(result), folder / "target_heatmap.png")
         client.log_artifacts(run_id, str(folder))
     metrics["trial_seconds"] = time.perf_counter() - start
-    client.log_batch(run_id, metrics=as_metrics(metrics))
+    client.log_batch(
+        run_id,
+        metrics=as_metrics(views.to_mlflow(metrics)),
+        tags=as_tags({NOTE_TAG: _description(point, metrics, params)}),
+    )
     return metrics
