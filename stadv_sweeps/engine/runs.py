@@ -70,7 +70,10 @@ def typed_params(params: Mapping[str, str], *, prefix: str = "") -> dict[str, An
     known = options(cls)
     out: dict[str, Any] = {}
     for k, v in raw.items():
-        out[k] = parse_value(cls, k, v) if k in known else _number_or_text(v)
+        try:
+            out[k] = parse_value(cls, k, v) if k in known else _number_or_text(v)
+        except ValueError:  # a run logged by another version of the attack: keep its text
+            out[k] = _number_or_text(v)
     return out
 
 

@@ -176,14 +176,16 @@ def as_metrics(values: Mapping[str, Any]) -> list[Metric]:
 
 
 def explicit_options(attack: Any, values: Mapping[str, str]) -> dict[str, str]:
-    """``values`` (option -> logged string) with every ``None`` option replaced by what the
-    attack uses instead: its ``effective_<option>`` (``wolfe``: the solver's line search),
-    else ``auto`` (``device``: the trial's device, in the run's ``device`` tag)."""
+    """``values`` (option -> logged string) with every ``None`` option that stands for a
+    default the attack resolves replaced by the value it uses, its ``effective_<option>``
+    (``wolfe``: the solver's line search; ``init_scale``: the initialisation's). An option
+    whose None is a value of its own (PGD's unseeded ``seed``) stays ``None``."""
     out = dict(values)
     for name in options(type(attack)):
         if name in out and getattr(attack, name) is None:
             effective = getattr(attack, f"effective_{name}", None)
-            out[name] = "auto" if effective is None else _text(effective)
+            if effective is not None:
+                out[name] = _text(effective)
     return out
 
 
