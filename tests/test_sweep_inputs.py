@@ -131,6 +131,7 @@ def test_unanswered_ray_address_fails_within_the_timeout(
     )
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"Ray address {address} does not answer" in proc.stderr
+    assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store
     assert time.monotonic() - start < 90
 
 

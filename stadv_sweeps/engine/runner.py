@@ -69,6 +69,7 @@ from stadv_sweeps.engine.tracking import (
     versions,
 )
 from stadv_sweeps.engine.tuning import (
+    check_address,
     init_ray,
     point_id,
     resources,
@@ -134,6 +135,8 @@ def main(plan: SweepPlan, argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         check_run_arguments(args)
+        if args.address and not args.dry_run:
+            check_address(args.address)  # before the tracking store is touched
         return Driver(args, plan).run()
     except (SweepError, DataNotFoundError, CheckpointError) as err:
         print(f"{parser.prog}: error: {err}", file=sys.stderr)
