@@ -102,7 +102,7 @@ def test_defense_sweep_takes_a_config_file(tmp_path: Path, sweep_env: dict[str, 
     config.write_text(
         "models: [B]\nattacks: [fgsm, stadv]\ndefenses: [none, pgd]\nn_images: 3\n"
         "attack_options: {stadv: {tau: 0.1}, fgsm: {epsilon: 0.2}}\n"
-        "training: {pgd_steps: 7, adv_train_limit: all}\n"
+        "training: {pgd_steps: 7, train_limit: all}\n"
     )
     proc = run(script("defense_sweep", "--config", str(config), "--dry-run"), sweep_env)
     assert proc.returncode == 0, proc.stderr

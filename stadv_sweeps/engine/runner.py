@@ -96,6 +96,8 @@ class SweepPlan(Protocol):
     """What a sweep plan gives the driver (see :class:`stadv_sweeps.plans.grid.GridSweep`)."""
 
     sweep: str
+    #: the script that runs it: ``sweeps/<script>.py``
+    script: str
     description: str
     #: the script writing this sweep's Markdown report (``sweeps/<name>.py``), if any
     report_script: str | None
@@ -129,7 +131,7 @@ class SweepPlan(Protocol):
 def main(plan: SweepPlan, argv: Sequence[str] | None = None) -> int:
     """Run a sweep script; returns the exit status: 0 done, 1 trials failed, 2 bad input,
     130 interrupted (continue with ``--resume``)."""
-    parser = new_parser(plan.sweep, plan.description)
+    parser = new_parser(plan.script, plan.description)
     plan.add_arguments(parser)
     add_run_arguments(parser, plan.sweep)
     args = parser.parse_args(argv)
@@ -221,6 +223,7 @@ class Driver:
                     spec.to_json(),
                     points,
                     self.plan.parent_params(spec),
+                    script=self.plan.script,
                 )
                 source = str((resolve_data_dir(args.data_dir) / spec.dataset).resolve())
                 evaluated = dataset_input(spec.dataset, "test", 0, images, labels, source)
@@ -257,6 +260,7 @@ class Driver:
         print(f"MLflow: experiment {self.experiment!r}, parent run {parent_id} at {self.uri}")
         ctx = {
             "sweep": spec.sweep,
+            "script": self.plan.script,
             "tracking_uri": self.uri,
             "experiment_id": exp_id,
             "parent_run_id": parent_id,
@@ -387,7 +391,7 @@ class Driver:
             )
 
     def _hint(self) -> str:
-        return _resume_hint(self.args, self.sweep, self.uri, self.experiment)
+        return _resume_hint(self.args, self.plan.script, self.uri, self.experiment)
 
 
 def _distinguishing_params(points: Sequence[Point]) -> list[str]:

@@ -325,9 +325,12 @@ def create_parent(
     spec_json: Mapping[str, Any],
     points: Sequence[Point],
     params: Mapping[str, Any],
+    *,
+    script: str | None = None,
 ) -> Any:
     """The sweep's parent run, with ``params`` (and the trial count) as parameters and the
-    whole resolved grid as ``stadv_sweep.json`` (what ``--resume`` reads back)."""
+    whole resolved grid as ``stadv_sweep.json`` (what ``--resume`` reads back); ``script``
+    names ``sweeps/<script>.py`` (default: the sweep's name)."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
     run = client.create_run(
         exp_id,
@@ -335,7 +338,7 @@ def create_parent(
         tags={
             ROLE_TAG: "parent",
             SWEEP_TAG: sweep,
-            "mlflow.source.name": f"sweeps/{sweep}.py",
+            "mlflow.source.name": f"sweeps/{script or sweep}.py",
             "mlflow.source.git.commit": git_commit(),
             "git_commit": git_commit(),
             "hostname": socket.gethostname(),

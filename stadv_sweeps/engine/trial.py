@@ -92,7 +92,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
         PARENT_TAG: parent,
         TRIAL_KEY_TAG: point.key,
         SWEEP_TAG: ctx["sweep"],
-        "mlflow.source.name": f"sweeps/{ctx['sweep']}.py",
+        "mlflow.source.name": f"sweeps/{ctx.get('script', ctx['sweep'])}.py",
         "mlflow.source.git.commit": ctx["git_commit"],
         "git_commit": ctx["git_commit"],
         "model": point.model,

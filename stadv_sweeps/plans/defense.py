@@ -130,6 +130,7 @@ class DefenseSweep:
     """:class:`runner.SweepPlan` of {attacks} x {defenses} x {models}."""
 
     sweep = SWEEP
+    script = "defense_sweep"
     report_script: str | None = None
 
     def __init__(self, description: str) -> None:
@@ -216,7 +217,10 @@ class DefenseSweep:
         if args.config:
             spec = _apply_config(spec, args.config)
         for attack in ATTACKS:
-            given = given_options(ATTACKS[attack], args, dest_prefix=f"atk_{attack}__")
+            try:
+                given = given_options(ATTACKS[attack], args, dest_prefix=f"atk_{attack}__")
+            except ValueError as err:
+                raise SweepError(str(err)) from None
             if given:
                 merged = {**spec.attack_options.get(attack, {}), **given}
                 spec = dataclasses.replace(

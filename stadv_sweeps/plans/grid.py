@@ -278,6 +278,7 @@ class GridSweep:
     def __init__(self, defaults: SweepDefaults) -> None:
         self.defaults = defaults
         self.sweep = defaults.sweep
+        self.script = defaults.sweep
         self.description = defaults.description
 
     def add_arguments(self, parser: argparse.ArgumentParser) -> None:
