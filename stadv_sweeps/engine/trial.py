@@ -220,7 +220,7 @@ def _attack_and_log(
         table.to_csv(folder / "attacks.csv", index=False)
         images_cpu, labels_cpu = images.cpu(), labels.cpu()
         if result.targeted:
-            shown = {"stadv": "stAdv", "cw": "C&W", "fgsm": "FGSM"}.get(attack_name, attack_name)
+            shown = f"{type(attack).label} on model {model_name}"
             grid = plots.figure2_grid(result, images_cpu, labels_cpu, title=shown)
             plots.save_png(grid, folder / "figure2_grid.png")
         if result.flows is not None:
