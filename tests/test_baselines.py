@@ -473,11 +473,23 @@ def test_registry_reads_each_attack_class_name_and_label() -> None:
     from stadv.attack import StAdv
     from stadv.registry import ATTACKS, attack_class, label
 
-    assert ATTACKS == {"stadv": StAdv, "fgsm": FGSM, "pgd": PGD, "cw": CarliniWagnerL2}
+    from stadv.deepfool import DeepFool
+    from stadv.few_pixel import FewPixel
+    from stadv.jsma import JSMA
+
+    assert ATTACKS == {
+        "stadv": StAdv,
+        "fgsm": FGSM,
+        "pgd": PGD,
+        "cw": CarliniWagnerL2,
+        "deepfool": DeepFool,
+        "jsma": JSMA,
+        "few-pixel": FewPixel,
+    }
     assert all(cls.name == name for name, cls in ATTACKS.items())
-    assert [label(n) for n in ATTACKS] == ["stAdv", "FGSM", "PGD", "C&W"]
+    assert [label(n) for n in ATTACKS][:4] == ["stAdv", "FGSM", "PGD", "C&W"]
     assert attack_class("pgd") is PGD
-    with pytest.raises(ValueError, match="unknown attack 'deepfool'"):
-        attack_class("deepfool")
+    with pytest.raises(ValueError, match="unknown attack 'nonesuch'"):
+        attack_class("nonesuch")
     for cls in ATTACKS.values():
         assert "device" not in options.options(cls) and "name" not in options.options(cls)
