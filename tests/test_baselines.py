@@ -471,11 +471,10 @@ def test_empty_batch(name: str, targets: str | None, tiny_model_b: nn.Module) ->
 def test_registry_reads_each_attack_class_name_and_label() -> None:
     from stadv import options
     from stadv.attack import StAdv
-    from stadv.registry import ATTACKS, attack_class, label
-
     from stadv.deepfool import DeepFool
     from stadv.few_pixel import FewPixel
     from stadv.jsma import JSMA
+    from stadv.registry import ATTACKS, attack_class, label
 
     assert ATTACKS == {
         "stadv": StAdv,
