@@ -231,7 +231,7 @@ def test_bad_attack_option_exits_2_before_any_work(
     assert "lr=0.5 is ignored by solver='lbfgs'" in capsys.readouterr().err
     assert not (tmp_path / "data").exists() and not (tmp_path / "s").exists()
     with pytest.raises(SystemExit) as info:  # argparse: an unregistered attack
-        main(["attack", "--attack", "deepfool", *flags])
+        main(["attack", "--attack", "nonesuch", *flags])
     assert info.value.code == 2
     with pytest.raises(SystemExit) as info:  # the old spelling of untargeted is gone
         main(["attack", "--targets", "none", *flags])
