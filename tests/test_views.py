@@ -113,7 +113,7 @@ def test_representation_space_panels(
         assert len(ax.collections) == 2  # clean and adversarial scatters
     path = save_png(fig, tmp_path / "rep.png")
     width = _png_width(path)
-    assert 900 <= width <= 1400, width
+    assert 900 <= width <= 2000, width  # legible at the size MLflow shows it (150 dpi)
 
 
 def test_representation_space_with_repeated_sources(
