@@ -699,7 +699,7 @@ def record(
         "client_seconds": sub.client_seconds,
         "job_seconds": (info["end_time"] - info["start_time"]) / 1000.0,
         # The sweep's own wall time (model training excluded), logged on its parent run.
-        "sweep_seconds": float(runs.parent.data.metrics.get("sweep_seconds", math.nan)),
+        "sweep_seconds": float(runs.parent.data.metrics.get("time/sweep_s", math.nan)),
     }
 
 
