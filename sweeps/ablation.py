@@ -1,5 +1,9 @@
 """``python sweeps/ablation.py``: one implementation choice at a time at the paper's tau and
-kappa (see :mod:`stadv_sweeps.plans.ablation`; ``--help`` lists every flag)."""
+kappa.
+
+``--smoke-test`` runs 3 tiny trials in seconds; ``--help`` lists every flag; the sweep itself
+is :mod:`stadv_sweeps.plans.ablation`.
+"""
 
 import sys
 

@@ -1,5 +1,8 @@
-"""``python sweeps/defense_sweep.py``: attacks x defenses x models (see
-:mod:`stadv_sweeps.plans.defense`; ``--help`` lists every flag)."""
+"""``python sweeps/defense_sweep.py``: attacks x defenses x models.
+
+``--smoke-test`` runs model B with tiny training and 2 images; ``--help`` lists every flag;
+the sweep itself is :mod:`stadv_sweeps.plans.defense`.
+"""
 
 import sys
 

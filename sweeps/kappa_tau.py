@@ -1,5 +1,8 @@
-"""``python sweeps/kappa_tau.py``: stAdv over kappa x tau x init x pgtol for Models A, B, C
-(see :mod:`stadv_sweeps.plans.kappa_tau`; ``--help`` lists every flag)."""
+"""``python sweeps/kappa_tau.py``: stAdv over kappa x tau x init x pgtol for Models A, B, C.
+
+``--smoke-test`` runs 4 tiny trials in seconds; ``--help`` lists every flag; the sweep itself
+is :mod:`stadv_sweeps.plans.kappa_tau`.
+"""
 
 import sys
 

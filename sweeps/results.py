@@ -1,4 +1,8 @@
-"""``python sweeps/results.py``: a sweep's Markdown report (see :mod:`stadv_sweeps.plans.report_cli`)."""
+"""``python sweeps/results.py``: a sweep's Markdown (and HTML) report from MLflow.
+
+``--smoke-test`` first runs kappa_tau's smoke sweep, then reports it; ``--help`` lists every
+flag; the command itself is :mod:`stadv_sweeps.plans.report_cli`.
+"""
 
 import sys
 
