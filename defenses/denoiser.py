@@ -45,7 +45,7 @@ from stadv.store import (
     load_module_state,
     save_module_state,
 )
-from stadv.train import DEFAULT_BATCH_SIZE, DEFAULT_LR, TrainReport, train_model
+from stadv.train import DEFAULT_BATCH_SIZE, DEFAULT_LR, TrainReport, train_new
 
 DEFAULT_NOISE_STD = 0.1
 DEFAULT_DENOISER_EPOCHS = 5
@@ -150,23 +150,18 @@ def train_denoiser(
     the :class:`~stadv.train.TrainReport` (mean loss per epoch).
     """
     loss = DenoisingLoss(noise_std=noise_std)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = DenoisingAutoencoder(channels=channels, in_channels=int(data.images.shape[1]))
-    model.to(device or torch.device("cpu"))
-    report = train_model(
-        model,
+    return train_new(
+        lambda: DenoisingAutoencoder(channels=channels, in_channels=int(data.images.shape[1])),
         data,
+        loss_fn=loss,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         seed=seed,
         device=device,
-        loss_fn=loss,
         max_batches=max_batches,
         progress=progress,
     )
-    return model.eval(), report
 
 
 def denoising_error(

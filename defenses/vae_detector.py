@@ -73,7 +73,7 @@ from stadv.store import (
     save_module_state,
 )
 from stadv.targets import TargetSpec
-from stadv.train import DEFAULT_BATCH_SIZE, DEFAULT_LR, TrainReport, train_model
+from stadv.train import DEFAULT_BATCH_SIZE, DEFAULT_LR, TrainReport, train_new
 
 DEFAULT_LATENT_DIM = 2
 DEFAULT_TEMPERATURE = 10.0
@@ -209,23 +209,18 @@ def train_vae(
     :class:`~stadv.train.TrainReport`.
     """
     loss = VAELoss(beta=beta)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = ConvVAE(latent_dim=latent_dim, in_channels=int(data.images.shape[1]))
-    model.to(device or torch.device("cpu"))
-    report = train_model(
-        model,
+    return train_new(
+        lambda: ConvVAE(latent_dim=latent_dim, in_channels=int(data.images.shape[1])),
         data,
+        loss_fn=loss,
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
         seed=seed,
         device=device,
-        loss_fn=loss,
         max_batches=max_batches,
         progress=progress,
     )
-    return model.eval(), report
 
 
 def vae_path(

@@ -15,8 +15,9 @@ plugs in its own loss without a second training loop.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, TypeVar
 
 import torch
 import torch.nn.functional as F
@@ -24,6 +25,8 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from stadv.data import TensorData
+
+M = TypeVar("M", bound=nn.Module)
 
 DEFAULT_EPOCHS = 6
 DEFAULT_BATCH_SIZE = 64
@@ -183,3 +186,38 @@ def evaluate(
             correct += int((model(x).argmax(1) == y).sum())
     model.train(was_training)
     return correct / len(data)
+
+
+def train_new(
+    build: Callable[[], M],
+    data: TensorData,
+    *,
+    loss_fn: TrainLoss,
+    epochs: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    lr: float = DEFAULT_LR,
+    seed: int = 0,
+    device: torch.device | None = None,
+    max_batches: int | None = None,
+    progress: bool = False,
+) -> tuple[M, TrainReport]:
+    """A model made by ``build()`` with its initialisation seeded by ``seed`` (the global
+    generator left as it was), trained by :func:`train_model`; returned in eval mode with its
+    :class:`TrainReport`. The defenses' auxiliary networks (denoiser, VAE) train this way."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
+    model.to(device or torch.device("cpu"))
+    report = train_model(
+        model,
+        data,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        loss_fn=loss_fn,
+        max_batches=max_batches,
+        progress=progress,
+    )
+    return model.eval(), report
