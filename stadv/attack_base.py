@@ -59,13 +59,15 @@ def finalize_result(
     flow_loss: torch.Tensor | None = None,
     extra: dict[str, Any] | None = None,
     batch_size: int = 1024,
-    success_margin: float = 0.0,
 ) -> AttackResult:
     """The :class:`~stadv.result.AttackResult` of ``adv_images``, judged by ``model`` itself.
 
     Success, predictions and margin come from one forward pass on ``adv_images`` (in eval mode,
     without gradients; the caller's mode is restored), so ``success`` always agrees with the
-    model. Targeted: ``success = pred == target``; untargeted: ``pred != label``.
+    model. Targeted: ``success = pred == target``; untargeted: ``pred != label``. No margin
+    enters the reported mask: an attack's own acceptance test (stAdv's ``success_margin``) is
+    a hysteresis below this one, so the mask cannot disagree with the model's prediction
+    however the returned images are batched (issue 21). ``margin`` is reported beside it.
 
     Args:
         model: the attacked logits model.
@@ -78,8 +80,6 @@ def finalize_result(
         flows, flow_loss: stAdv's flow fields and L_flow (None for pixel attacks).
         extra: free-form details (attack name, hyper-parameters).
         batch_size: forward-pass chunk size [1024]; does not change the result.
-        success_margin: when > 0, a success also needs the margin (:func:`margin_loss`)
-            <= -success_margin [0.0: the prediction alone].
     """
     m = adv_images.shape[0]
     if images.shape != adv_images.shape:
@@ -99,8 +99,6 @@ def finalize_result(
     pred = logits.argmax(dim=1)
     success = pred == t if t is not None else pred != y
     margin = margin_loss(logits, y, t) if m else adv.new_zeros(0)
-    if success_margin > 0:
-        success = success & (margin <= -success_margin)
     diff = (adv - images.detach().to(device)).flatten(1)
     if isinstance(stop_reason, str):
         reasons: tuple[str, ...] = (stop_reason,) * m
@@ -168,12 +166,11 @@ class AttackBatch:
         extra: dict[str, Any],
         flows: torch.Tensor | None = None,
         flow_loss: torch.Tensor | None = None,
-        success_margin: float = 0.0,
     ) -> AttackResult:
         """:func:`finalize_result` of ``adv_images`` for this batch, timed from ``start``.
 
-        ``flows`` and ``flow_loss`` (stAdv's flow fields (M, 2, H, W) and L_flow (M,)) and
-        ``success_margin`` are passed on as they are (see :func:`finalize_result`).
+        ``flows`` and ``flow_loss`` (stAdv's flow fields (M, 2, H, W) and L_flow (M,)) are
+        passed on as they are (see :func:`finalize_result`).
         """
         return finalize_result(
             self.net,
@@ -189,7 +186,6 @@ class AttackBatch:
             flows=flows,
             flow_loss=flow_loss,
             extra=extra,
-            success_margin=success_margin,
         )
 
 
