@@ -132,6 +132,8 @@ class DeepFool(PixelAttack):
                 "attack": self.name,
                 "params": asdict(self),
                 "stopped": stopped.cpu(),
+                # the paper's rho_adv per attack: ||r||_2 / ||x||_2
+                "rho": ((adv - x).flatten(1).norm(dim=1) / x.flatten(1).norm(dim=1)).cpu(),
             },
         )
 

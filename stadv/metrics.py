@@ -47,6 +47,12 @@ def _median(t: torch.Tensor | None) -> float:
     return float(t.double().median())
 
 
+#: Per-attack statistics an attack may return in ``extra`` (each (M,)), summarised as mean,
+#: mean over the successful attacks and max: DeepFool's ``rho`` (||r||_2 / ||x||_2, the paper's
+#: rho_adv), JSMA's ``changed_fraction`` (of the features), few-pixel's ``pixels_changed``.
+PER_ATTACK_STATISTICS = ("rho", "changed_fraction", "pixels_changed")
+
+
 def summarize(result: AttackResult) -> dict[str, float]:
     """One flat dict of real numbers for a run (success with Wilson intervals, distances, cost)."""
     n = len(result)
@@ -85,6 +91,13 @@ def summarize(result: AttackResult) -> dict[str, float]:
     restarted = result.extra.get("restarted")
     if isinstance(restarted, list):  # stAdv: attacks re-solved per restart
         out["restarted_attacks"] = float(sum(restarted))
+    for key in PER_ATTACK_STATISTICS:  # an attack's own per-attack statistic, where it has one
+        value = result.extra.get(key)
+        if isinstance(value, torch.Tensor) and value.shape == (n,):
+            stat = value.double().cpu()
+            out[f"mean_{key}"] = _mean(stat)
+            out[f"mean_{key}_successful"] = _mean(stat[result.success.cpu()])
+            out[f"max_{key}"] = float(stat.max()) if n else float("nan")
     if result.flows is not None and n:
         out["mean_abs_flow"] = float(result.flows.abs().double().mean())
         out["max_abs_flow"] = float(result.flows.abs().max())

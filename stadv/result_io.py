@@ -101,7 +101,9 @@ def concat_results(parts: Sequence[AttackResult], offsets: Sequence[int]) -> Att
         offsets: the index of each block's first image: its ``source_index`` is shifted by it.
     Returns:
         The rows of every part in order; ``seconds`` is their sum, ``extra["restarted"]`` (stAdv's
-        re-solved attacks per restart) is summed, the other ``extra`` entries are the first part's.
+        re-solved attacks per restart) is summed, per-attack ``extra`` tensors (one row per
+        attack in every part, such as DeepFool's ``rho``) are concatenated, the other ``extra``
+        entries are the first part's.
     Raises:
         ValueError: no parts, ``offsets`` of another length, or parts that do not fit together.
     """
@@ -125,6 +127,13 @@ def concat_results(parts: Sequence[AttackResult], offsets: Sequence[int]) -> Att
     restarted = [p.extra.get("restarted") for p in parts]
     if all(isinstance(r, list) for r in restarted):
         extra["restarted"] = [sum(col) for col in zip(*restarted, strict=True)]
+    for key, value in first.extra.items():
+        column = [p.extra.get(key) for p in parts]
+        if isinstance(value, torch.Tensor) and all(
+            isinstance(c, torch.Tensor) and c.ndim >= 1 and c.shape[0] == len(p)
+            for c, p in zip(column, parts, strict=True)
+        ):
+            extra[key] = torch.cat([c.cpu() for c in column if isinstance(c, torch.Tensor)])
     return AttackResult(
         **fields,
         seconds=sum(float(p.seconds) for p in parts),

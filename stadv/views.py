@@ -21,9 +21,11 @@ MLflow's dependencies; it is imported only when :func:`representation_space` run
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -35,6 +37,7 @@ from matplotlib.lines import Line2D
 from torch import nn
 
 from stadv.model_mode import prepared_model
+from stadv.plots import save_png
 from stadv.result import AttackResult
 
 _TAB10 = [
@@ -476,3 +479,65 @@ def grad_cam(
     attack = str(result.extra.get("attack", "attack"))
     fig.suptitle(f"{attack}: Grad-CAM at layer {layer_name} ({type(target).__name__})")
     return fig
+
+
+#: The files :func:`save_views` writes, by view.
+VIEW_FILES = {
+    "representation_space": "representation_space.png",
+    "activation_differences": "activation_differences.png",
+    "grad_cam": "grad_cam.png",
+}
+
+
+def first_attacks(result: AttackResult, count: int) -> AttackResult:
+    """The first ``count`` attacks (rows) of ``result`` (all of them when it has fewer), with
+    their per-attack ``extra`` tensors; ``source_index`` still points into the same images."""
+    if count < 1:
+        raise ValueError(f"count must be an integer >= 1, got {count!r}")
+    n = len(result)
+    k = min(count, n)
+    fields: dict[str, Any] = {}
+    for f in dataclasses.fields(result):
+        value = getattr(result, f.name)
+        if isinstance(value, torch.Tensor):
+            fields[f.name] = value[:k]
+    if len(result.stop_reason) == n:
+        fields["stop_reason"] = tuple(result.stop_reason[:k])
+    fields["extra"] = {
+        key: v[:k] if isinstance(v, torch.Tensor) and v.ndim >= 1 and v.shape[0] == n else v
+        for key, v in result.extra.items()
+    }
+    return dataclasses.replace(result, **fields)
+
+
+def save_views(
+    model: nn.Module,
+    images: torch.Tensor,
+    result: AttackResult,
+    folder: str | Path,
+    *,
+    max_points: int = 300,
+    examples: int = 4,
+    dpi: int = 150,
+) -> dict[str, Path]:
+    """Render the three views of ``result`` into ``folder`` as PNGs (:data:`VIEW_FILES`).
+
+    The representation space shows the first ``max_points`` attacks [300] (t-SNE's cost grows
+    with the points); the activation differences and Grad-CAM show ``examples`` attacks [4],
+    the successful ones first. Used by ``stadv views DIR`` (a finished ``stadv attack --out
+    DIR``) and by the sweeps' trials (MLflow artifacts). Returns the paths by view.
+    """
+    out = Path(folder)
+    shown = first_attacks(result, max_points)
+    figures: dict[str, Callable[[], Figure]] = {
+        "representation_space": lambda: representation_space(model, images, shown),
+        "activation_differences": lambda: activation_differences(
+            model, images, result, examples=min(examples, 3)
+        ),
+        "grad_cam": lambda: grad_cam(model, images, result, examples=examples),
+    }
+    paths = {}
+    for name, draw in figures.items():
+        fig = draw()
+        paths[name] = save_png(fig, out / VIEW_FILES[name], dpi=dpi)
+    return paths

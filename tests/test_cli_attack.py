@@ -355,3 +355,39 @@ def test_attack_writes_a_results_record(
     assert record.paper == PAPER_TABLE1_SUCCESS["B"]  # stAdv, MNIST, every target: Table 1
     assert record.command.startswith("stadv ") and "--record" in record.command
     assert record.machine.torch
+
+
+def test_views_of_a_finished_run(common: list[str], tmp_path: Path) -> None:
+    """``stadv views DIR`` renders the three views of a finished ``stadv attack --out DIR``
+    (blocks joined) as real PNGs, and refuses a folder that is not such a run."""
+    out = tmp_path / "run"
+    assert main([*attack_args(out), *common]) == 0
+    assert main(["views", str(out), "--max-points", "20", "--examples", "2", *common]) == 0
+    for name in ("representation_space", "activation_differences", "grad_cam"):
+        png = out / "views" / f"{name}.png"
+        assert png.read_bytes()[:8] == PNG_SIGNATURE and png.stat().st_size > 10_000
+    assert main(["views", str(tmp_path / "nothing"), *common]) == 2
+    assert main(["views", str(out), "--max-points", "0", *common]) == 2
+
+
+def test_views_refuse_blocks_of_other_weights(common: list[str], tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main([*attack_args(out), *common]) == 0
+    block = sorted((out / "blocks").glob("images_*.pt"))[0]
+    result, key = load_result(block)
+    save_result(result, block, key={**key, "model_digest": "0" * 16})
+    assert main(["views", str(out), *common]) == 2
+
+
+def test_deepfool_rho_over_blocks(common: list[str], tmp_path: Path) -> None:
+    """DeepFool's per-attack rho (||r||_2 / ||x||_2) survives joining the blocks and reaches the
+    summary: the run in blocks of 2 equals the run in one block."""
+    base = ["attack", "--attack", "deepfool", "--model", "B", "--no-train", "--n-images", "5"]
+    base += ["--targets", "untargeted", "--json"]
+    runs = []
+    for size in ("2", "5"):
+        out = tmp_path / f"b{size}"
+        assert main([*base, "--block-images", size, "--out", str(out), *common]) == 0
+        runs.append(json.loads((out / "summary.json").read_text())["summary"])
+    assert runs[0]["mean_rho"] == pytest.approx(runs[1]["mean_rho"], rel=1e-5)
+    assert 0 < runs[0]["mean_rho"] < 1 and runs[0]["max_rho"] >= runs[0]["mean_rho"]

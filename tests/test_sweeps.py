@@ -56,7 +56,9 @@ CHILD_ARTIFACTS = (
     "target_heatmap.png",
     "attacks.parquet",
     "attacks.csv",
+    "views",  # representation space, activation differences, Grad-CAM (stadv.views)
 )
+VIEW_PNGS = ("representation_space.png", "activation_differences.png", "grad_cam.png")
 
 
 def sweep_cmd(script: str, *args: str) -> list[str]:
@@ -243,6 +245,8 @@ def test_kappa_tau_smoke_artifacts_are_valid(
         )
         for png in ("figure2_grid.png", "flow_quiver.png", "target_heatmap.png"):
             assert is_png(local / png), png
+        for png in VIEW_PNGS:
+            assert is_png(local / "views" / png), png
         table = pd.read_parquet(local / "attacks.parquet")
         assert len(table) == 36
         assert set(table["target"]) <= set(range(10))
@@ -712,6 +716,7 @@ def test_defense_sweep_smoke_logs_the_table(defense_smoke: dict[str, Any], tmp_p
             assert params["defense_variant"] == f"adv-{params['defense']}-smoke"
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
         expected = {"attacks.parquet", "attacks.csv", "figure2_grid.png", "target_heatmap.png"}
+        expected.add("views")
         if params["attack"] == "stadv":
             expected.add("flow_quiver.png")
         assert names == expected, (child.info.run_name, names)

@@ -36,6 +36,7 @@ from stadv.metrics import attack_table, summarize
 from stadv.models import predict
 from stadv.options import to_params
 from stadv.targets import as_target_spec
+from stadv.views import save_views
 from stadv_sweeps.engine import views
 from stadv_sweeps.engine.bundles import to_module
 from stadv_sweeps.engine.spec import Point
@@ -53,6 +54,8 @@ from stadv_sweeps.engine.tracking import (
 #: Seconds between two samples of a trial's system metrics (MLflow's default is 10 s, longer
 #: than a smoke trial).
 SYSTEM_METRICS_INTERVAL_S = 1.0
+#: attacks shown in a trial's representation-space view (t-SNE's cost grows with the points)
+VIEW_POINTS = 200
 
 
 def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
@@ -230,6 +233,8 @@ def _attack_and_log(
                 plots.flow_quiver(result, index, images=images_cpu), folder / "flow_quiver.png"
             )
         plots.save_png(plots.target_heatmap(result), folder / "target_heatmap.png")
+        # what the attack did inside the model: representation space, activations, Grad-CAM
+        save_views(model, images, result, folder / "views", max_points=VIEW_POINTS, dpi=100)
         client.log_artifacts(run_id, str(folder))
     metrics["trial_seconds"] = time.perf_counter() - start
     client.log_batch(
