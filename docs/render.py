@@ -28,7 +28,13 @@ from stadv.models import PAPER_ACCURACY, PAPER_TABLE1_SUCCESS
 from stadv.records import Record, load_records
 
 REPO = Path(__file__).resolve().parents[1]
-PAGES = ("README.md", "docs/reproduction.md", "docs/defenses.md", "docs/performance.md")
+PAGES = (
+    "README.md",
+    "docs/reproduction.md",
+    "docs/attacks.md",
+    "docs/defenses.md",
+    "docs/performance.md",
+)
 MARKER = re.compile(
     r"(?P<open><!-- results:(?P<name>[a-z0-9-]+) -->\n)(?P<body>.*?)(?P<close><!-- /results:(?P=name) -->)",
     re.DOTALL,
@@ -310,7 +316,44 @@ def pgd_training(recs: Records) -> str:
     return table(["PGD-adv training (CPU preset)", *MODELS], rows)
 
 
+def new_attacks(recs: Records) -> str:
+    """DeepFool (untargeted, rho_adv) and JSMA (targeted, pixels changed) per model, beside
+    the papers' MNIST LeNet figures (another model: the comparison is of magnitude only)."""
+
+    def deepfool(rec: Record) -> str:
+        return ", ".join(
+            p for p in (rate(rec), stat(rec, "mean_rho", "rho_adv {}")) if p is not None
+        )
+
+    def jsma(rec: Record) -> str:
+        changed = rec.stats.get("mean_changed_fraction_successful")
+        pixels = f"{100 * changed:.2f} % of pixels" if changed is not None else None
+        return ", ".join(p for p in (rate(rec), pixels) if p is not None)
+
+    rows = []
+    for label, pattern, cell, paper in (
+        ("DeepFool L2, untargeted, 1,000 images", "deepfool-l2-{m}-1000", deepfool, "rho_adv 0.20"),
+        ("JSMA, 100 images x 9 targets", "jsma-{m}-100x9", jsma, "97.05 %, 4.02 % of pixels"),
+    ):
+        keys = [f"new_attacks/{pattern.format(m=m)}" for m in MODELS]
+        rows.append([label, paper, *[cell(recs[k]) if k in recs else "not run" for k in keys]])
+    return table(["attack", "paper (LeNet)", *MODELS], rows)
+
+
+def few_pixel(recs: Records) -> str:
+    """Few-pixel DE success per k, untargeted and towards one random target, per model."""
+    rows = []
+    for goal in ("untargeted", "random"):
+        for k in (1, 3, 5):
+            keys = [f"new_attacks/few-pixel-k{k}-{goal}-{m}-20" for m in MODELS]
+            label = f"k = {k}, {'untargeted' if goal == 'untargeted' else 'random target'}"
+            rows.append([label, *[rate(recs[x]) if x in recs else "not run" for x in keys]])
+    return table(["pixels, goal (20 images)", *MODELS], rows)
+
+
 TABLES: dict[str, Callable[[Records], str]] = {
+    "new-attacks": new_attacks,
+    "few-pixel": few_pixel,
     "table1": table1,
     "readings": readings,
     "line-search": line_search,
