@@ -154,7 +154,13 @@ class StAdv:
             still shapes the loss; this is only the acceptance test. >= 0.
         stop: ``"converged"`` [default]: run the solver to its stopping rule (minimises
             L_flow, the paper's objective); ``"first-success"``: stop each attack at its first
-            successful iterate (less work, larger L_flow).
+            successful iterate (less work, larger L_flow), or ``polish`` iterations after it.
+        polish: with ``stop="first-success"``, the accepted L-BFGS iterations each attack runs
+            after its first successful iterate before it stops [0: stop at the first success];
+            ``keep="best"`` then returns the successful iterate of least L_flow seen. The
+            solver's own stopping rule still ends an attack earlier. A cheap schedule between
+            ``"first-success"`` and ``"converged"`` (issue 21's quality-cost frontier:
+            ``benchmarks/frontier.py``). >= 0; must stay 0 with ``stop="converged"``.
         restarts: how many times an attack with no successful iterate is solved again from a
             random initial flow [1]; 0 solves each attack once. Restart ``k`` draws a Gaussian
             flow with std ``restart_scale`` from a generator seeded by (``seed``, ``k``, the
@@ -210,6 +216,7 @@ class StAdv:
     keep: Keep = "best"
     success_margin: float = 1e-3
     stop: Stop = "converged"
+    polish: int = 0
     restarts: int = 1
     restart_scale: float = 0.01
     flow_loss: FlowLossVariant = "eq5"
@@ -255,6 +262,7 @@ class StAdv:
         for name, low in (
             ("max_iterations", 0),
             ("restarts", 0),
+            ("polish", 0),
             ("history", 1),
             ("max_linesearch", 1),
             ("batch_size", 1),
@@ -290,6 +298,8 @@ class StAdv:
             refuse("restart_scale", "max_iterations=0 (no restart runs)")
         if self.restarts == 0:
             refuse("restart_scale", "restarts=0 (no restart runs)")
+        if self.stop == "converged":
+            refuse("polish", "stop='converged' (the solver runs to its stopping rule)")
 
     # -- introspection -------------------------------------------------------------------
     @classmethod
@@ -483,8 +493,13 @@ class StAdv:
                 found[idx] |= ok
             return total.detach().to(rows.dtype), grad.reshape(rows.shape).to(rows.dtype)
 
+        # accepted iterations each attack has run since its first success (-1: none yet)
+        since = torch.full((n,), -1, dtype=torch.int64, device=x.device)
+
         def should_stop(idx: torch.Tensor) -> torch.Tensor:
-            return found[idx]
+            hit = found[idx]
+            since[idx[hit]] += 1
+            return hit & (since[idx] >= self.polish)
 
         stop_fn = should_stop if self.stop == "first-success" else None
         res = self._solve(objective, x0, stop_fn)

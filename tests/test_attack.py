@@ -182,6 +182,32 @@ def test_first_success_stops_early(tiny_model_b: torch.nn.Module, batch) -> None
     assert first.success.float().mean() >= conv.success.float().mean() - 0.1
 
 
+def test_polish_runs_between_first_success_and_convergence(  # type: ignore[no-untyped-def]
+    tiny_model_b: torch.nn.Module, batch
+) -> None:
+    """``polish=k`` runs k accepted iterations after the first success: more evaluations
+    than stopping at it, a lower L_flow on the attacks both solve, never more than converged."""
+    x, y = batch
+    kw = dict(max_iterations=60, flow_loss="eq5", eq5_scale="sqrt_n")
+    first = StAdv(stop="first-success", **kw)(tiny_model_b, x, y, targets="all")
+    polished = StAdv(stop="first-success", polish=10, **kw)(tiny_model_b, x, y, targets="all")
+    conv = StAdv(**kw)(tiny_model_b, x, y, targets="all")
+    assert int(first.evaluations.sum()) < int(polished.evaluations.sum())
+    assert int(polished.evaluations.sum()) < int(conv.evaluations.sum())
+    both = first.success & polished.success
+    assert int(both.sum()) > 0
+    assert float(polished.flow_loss[both].mean()) < float(first.flow_loss[both].mean())
+    assert (polished.flow_loss[both] <= first.flow_loss[both] + 1e-5).all()
+    assert torch.equal(polished.success, polished.predictions == polished.targets)
+    # the same attack twice, or in another batch, gives the same result
+    alone = StAdv(stop="first-success", polish=10, **kw)(tiny_model_b, x[:1], y[:1], targets="all")
+    torch.testing.assert_close(alone.flows, polished.flows[:9])
+    with pytest.raises(ValueError, match="polish=3 is ignored by stop='converged'"):
+        StAdv(polish=3)
+    with pytest.raises(ValueError, match="polish"):
+        StAdv(stop="first-success", polish=-1)
+
+
 def test_lbfgs_and_scipy_agree(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
     x, y = batch
     kw = dict(max_iterations=200, flow_loss="eq5", eq5_scale="sqrt_n", keep="last")

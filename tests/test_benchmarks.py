@@ -314,3 +314,33 @@ def test_bad_arguments_are_refused(
         load_script(monkeypatch, script).parse_args(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_frontier_rows_and_figure(
+    bench_store: Path, data_root: Path, data_source: Path, tmp_path: Path
+) -> None:
+    """``benchmarks/frontier.py``: one row per schedule on the same attacks; polishing sits
+    between the first success and convergence in cost; the ratios are the rows' own."""
+    out, png = tmp_path / "frontier.json", tmp_path / "frontier.png"
+    schedules = ["converged", "first-success", "polish-5"]
+    cmd = [
+        sys.executable, str(REPO / "benchmarks" / "frontier.py"),
+        "--model", "B", "--store", str(bench_store), "--data-dir", str(data_root),
+        "--n-images", "1", "--device", "cpu", "--max-iterations", "60",
+        "--schedules", *schedules, "--json", str(out), "--figure", str(png),
+    ]  # fmt: skip
+    proc = run_script(cmd, data_source)
+    rows = {r["schedule"]: r for r in json.loads(out.read_text())["rows"]}
+    assert list(rows) == schedules
+    for name, row in rows.items():
+        assert row["attacks"] == 9 and row["ci_low"] <= row["success"] <= row["ci_high"]
+        assert positive(row["evaluations_per_attack"]) and positive(row["attacks_per_s"])
+        assert name in proc.stdout
+    conv, first, polish = (rows[s] for s in schedules)
+    assert first["evaluations_per_attack"] <= polish["evaluations_per_attack"]
+    assert polish["evaluations_per_attack"] < conv["evaluations_per_attack"]
+    assert first["evaluations_vs_converged"] == pytest.approx(
+        conv["evaluations_per_attack"] / first["evaluations_per_attack"]
+    )
+    assert conv["flow_loss_vs_converged"] == pytest.approx(1.0)
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,229 @@
+"""The quality-cost frontier of stAdv: mean L_flow and success against evaluations per attack.
+
+Issue 21: the converged default (L-BFGS to its stopping rule) spends ~4x SciPy's evaluations
+for a ~1.8x lower L_flow. This script runs, on the same model, images and targets (the paper's
+tau = 0.05, kappa = 0), a list of *schedules* of :class:`stadv.attack.StAdv` (each a set of
+its options) and reports for each: targeted success (Wilson 95 % interval), mean L_flow over the
+successful attacks, mean L_flow over the attacks every schedule solved (the like-for-like
+quality), mean model evaluations per attack, wall and CPU seconds, attacks/s; then draws the
+frontier (mean L_flow on the common successes against evaluations per attack, log scale) and
+writes one JSON. Schedules (``--schedules``; default all):
+
+* ``converged``: the library's default (``stop="converged"``);
+* ``first-success``: each attack stops at its first accepted success;
+* ``polish-K``: first success, then K more accepted L-BFGS iterations (``polish=K``);
+* ``budget-K``: converged, at most K iterations (``max_iterations=K``);
+* ``history-K``: converged with K L-BFGS pairs (``history=K``; the default is 10);
+* ``strong``: converged with SciPy's strong Wolfe line search.
+
+    python benchmarks/frontier.py --model B --n-images 20 --json frontier-B.json --figure frontier-B.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from stadv.attack import StAdv
+from stadv.data import load_tensors
+from stadv.devices import resolve_device
+from stadv.metrics import wilson_interval
+from stadv.plots import save_png
+from stadv.store import load_pretrained
+
+#: name -> StAdv options (beyond the paper's tau 0.05, kappa 0).
+SCHEDULES: dict[str, dict[str, Any]] = {
+    "converged": {},
+    "first-success": {"stop": "first-success"},
+    "polish-5": {"stop": "first-success", "polish": 5},
+    "polish-10": {"stop": "first-success", "polish": 10},
+    "polish-20": {"stop": "first-success", "polish": 20},
+    "polish-50": {"stop": "first-success", "polish": 50},
+    "budget-50": {"max_iterations": 50},
+    "budget-100": {"max_iterations": 100},
+    "budget-200": {"max_iterations": 200},
+    "history-5": {"history": 5},
+    "history-20": {"history": 20},
+    "strong": {"wolfe": "strong"},
+}
+
+
+def run_schedule(
+    name: str,
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    batch_size: int,
+    max_iterations: int | None = None,
+) -> dict[str, Any]:
+    """One schedule on all attacks: its result's per-attack columns and its timings
+    (``max_iterations``: a ceiling on every schedule's own, for quick runs)."""
+    options = dict(SCHEDULES[name])
+    if max_iterations is not None:
+        options["max_iterations"] = min(options.get("max_iterations", 1000), max_iterations)
+    attack = StAdv(tau=0.05, kappa=0.0, batch_size=batch_size, **options)
+    cpu, wall = time.process_time(), time.perf_counter()
+    result = attack(model, x, y, targets="all")
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "name": name,
+        "options": SCHEDULES[name],
+        "success": result.success.cpu(),
+        "flow_loss": result.flow_loss.detach().cpu() if result.flow_loss is not None else None,
+        "evaluations": result.evaluations.cpu(),
+        "wall_s": wall,
+        "cpu_s": cpu,
+    }
+
+
+def summarise(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per schedule: success with interval, L_flow (its successes; the common ones), cost."""
+    common = torch.stack([r["success"] for r in runs]).all(dim=0)
+    rows = []
+    for r in runs:
+        ok, n = r["success"], int(r["success"].numel())
+        k = int(ok.sum())
+        low, high = wilson_interval(k, n)
+        lflow = r["flow_loss"].double()
+        rows.append(
+            {
+                "schedule": r["name"],
+                "options": r["options"],
+                "attacks": n,
+                "successes": k,
+                "success": k / n if n else math.nan,
+                "ci_low": low,
+                "ci_high": high,
+                "mean_flow_loss_successful": float(lflow[ok].mean()) if k else math.nan,
+                "mean_flow_loss_common": float(lflow[common].mean())
+                if int(common.sum())
+                else math.nan,
+                "common_attacks": int(common.sum()),
+                "evaluations_per_attack": float(r["evaluations"].double().mean()),
+                "wall_s": r["wall_s"],
+                "cpu_s": r["cpu_s"],
+                "attacks_per_s": n / r["wall_s"] if r["wall_s"] > 0 else math.nan,
+            }
+        )
+    base = next((row for row in rows if row["schedule"] == "converged"), None)
+    for row in rows:
+        if base is not None:
+            row["evaluations_vs_converged"] = (
+                base["evaluations_per_attack"] / row["evaluations_per_attack"]
+            )
+            row["flow_loss_vs_converged"] = (
+                row["mean_flow_loss_common"] / base["mean_flow_loss_common"]
+            )
+    return rows
+
+
+def figure(rows: list[dict[str, Any]], title: str) -> Figure:
+    """Mean L_flow (common successes) against evaluations per attack, each schedule a point
+    labelled with its name and success."""
+    fig = Figure(figsize=(8, 5.5))
+    ax = fig.add_subplot(1, 1, 1)
+    for row in rows:
+        x, y = row["evaluations_per_attack"], row["mean_flow_loss_common"]
+        colour = "#d62728" if row["schedule"] == "converged" else "#1f77b4"
+        ax.scatter([x], [y], color=colour, zorder=3)
+        ax.annotate(
+            f"{row['schedule']} ({100 * row['success']:.1f} %)",
+            (x, y),
+            textcoords="offset points",
+            xytext=(5, 4),
+            fontsize=8,
+        )
+    ax.set_xscale("log")
+    ax.set_xlabel("model evaluations per attack (log)")
+    ax.set_ylabel("mean L_flow over the attacks every schedule solved")
+    ax.set_title(title, fontsize=10)
+    ax.grid(True, alpha=0.3, which="both")
+    return fig
+
+
+def print_table(rows: list[dict[str, Any]]) -> None:
+    head = f"{'schedule':<14} {'success':>22} {'L_flow common':>14} {'evals/attack':>13} "
+    head += f"{'x fewer evals':>13} {'L_flow ratio':>12} {'attacks/s':>10}"
+    print(head)
+    for r in rows:
+        interval = f"{100 * r['success']:.2f} [{100 * r['ci_low']:.1f}, {100 * r['ci_high']:.1f}]"
+        print(
+            f"{r['schedule']:<14} {interval:>22} {r['mean_flow_loss_common']:>14.3f} "
+            f"{r['evaluations_per_attack']:>13.1f} {r.get('evaluations_vs_converged', math.nan):>13.2f} "
+            f"{r.get('flow_loss_vs_converged', math.nan):>12.3f} {r['attacks_per_s']:>10.2f}"
+        )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    p.add_argument("--model", default="B", choices=["A", "B", "C"], help="store model [B]")
+    p.add_argument("--start", type=int, default=0, help="first test image [0]")
+    p.add_argument("--n-images", type=int, default=20, help="images, each x 9 targets [20]")
+    p.add_argument("--schedules", nargs="+", default=list(SCHEDULES), choices=list(SCHEDULES))
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument(
+        "--max-iterations",
+        type=int,
+        default=None,
+        help="a ceiling on every schedule's iterations (quick runs; default: none)",
+    )
+    p.add_argument("--threads", type=int, default=1, help="torch threads [1]")
+    p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
+    p.add_argument("--store", default=None, help="model store (must hold the model)")
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--json", default=None, help="write the rows here")
+    p.add_argument("--figure", default=None, help="write the frontier PNG here")
+    args = p.parse_args(argv)
+    if args.n_images < 1 or args.start < 0 or args.threads < 1 or args.batch_size < 1:
+        p.error("--n-images, --threads, --batch-size must be >= 1 and --start >= 0")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    model = load_pretrained(
+        args.model, store=args.store, data_dir=args.data_dir, device=device, train_if_missing=False
+    )
+    test = load_tensors("mnist", split="test", data_dir=args.data_dir)
+    data = test.slice(args.start, args.start + args.n_images)
+    x, y = data.images.to(device), data.labels.to(device)
+    runs = [
+        run_schedule(name, model, x, y, args.batch_size, args.max_iterations)
+        for name in args.schedules
+    ]
+    rows = summarise(runs)
+    print_table(rows)
+    report = {
+        "model": args.model,
+        "images": [args.start, args.start + args.n_images - 1],
+        "targets": "all",
+        "tau": 0.05,
+        "kappa": 0.0,
+        "device": str(device),
+        "threads": args.threads,
+        "max_iterations_ceiling": args.max_iterations,
+        "machine": platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+        "rows": rows,
+    }
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2, allow_nan=True))
+    if args.figure:
+        title = f"stAdv quality-cost frontier, model {args.model}, {len(x)} images x 9 targets"
+        save_png(figure(rows, title), args.figure)
+    return report
+
+
+if __name__ == "__main__":
+    main()
