@@ -27,7 +27,10 @@ Details here: the soft labels are computed on the fly from the teacher in eval m
 off, parameters frozen), which gives the same targets as precomputing them over the training set,
 as Papernot et al. do; no T^2 factor (Hinton et al.'s) is applied, as in Papernot et al.; the
 optimiser is :func:`stadv.train.train_model`'s Adam (the paper uses SGD with momentum; Adam's
-steps do not depend on the loss's 1/T gradient scale).
+steps do not depend on the loss's 1/T gradient scale). At T = 100 the logits must grow about T
+times larger than usual, which Adam's default rate (1e-3) does not reach in a short run: the
+registered defense trains both networks at ``lr`` 1e-2 (:data:`DEFAULT_DISTILLATION_LR`,
+``benchmarks/new_defenses.py``'s ``--distill-lr``).
 
 As a registered defense (:class:`DistillationDefense`, ``stadv train --defense distillation``,
 the defense sweep's ``distillation`` row) the teacher and the student go through the model
@@ -61,6 +64,7 @@ from stadv.train import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EPOCHS,
     DEFAULT_LR,
+    TrainLoss,
     TrainReport,
     default_recipe,
     train_model,
@@ -70,10 +74,14 @@ from stadv.train import (
 DEFAULT_TEMPERATURE = 100.0
 #: The store variant's stem of the distillation teachers.
 TEACHER_VARIANT = "distill-teacher"
+#: Adam's rate of the registered defense's teacher and student at T.
+DEFAULT_DISTILLATION_LR = 1e-2
 
 __all__ = [
+    "DEFAULT_DISTILLATION_LR",
     "DEFAULT_TEMPERATURE",
     "TEACHER_VARIANT",
+    "AdamAt",
     "DistillationDefense",
     "DistillationLoss",
     "DistillationReport",
@@ -260,6 +268,41 @@ def train_distilled(
 # The defense, as the registry (defenses.registry) builds it
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True, kw_only=True)
+class AdamAt:
+    """:func:`stadv.train.train_model` at Adam's rate ``lr`` (a :class:`stadv.train.Trainer`
+    for :func:`stadv.store.train_and_store`, which otherwise trains at 1e-3)."""
+
+    lr: float
+
+    def __post_init__(self) -> None:
+        check_real("lr", self.lr, strict=True)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        data: TensorData,
+        *,
+        epochs: int,
+        lr_decay_epochs: int,
+        seed: int,
+        device: torch.device | None,
+        loss_fn: TrainLoss | None,
+        progress: bool,
+    ) -> TrainReport:
+        return train_model(
+            model,
+            data,
+            epochs=epochs,
+            lr=self.lr,
+            lr_decay_epochs=lr_decay_epochs,
+            seed=seed,
+            device=device,
+            loss_fn=loss_fn,
+            progress=progress,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class DistillationDefense:
     """Defensive distillation (Papernot et al. 2016) as a training defense.
 
@@ -271,6 +314,7 @@ class DistillationDefense:
         temperature: T of the teacher and the student [100.0, the paper's MNIST value]. > 0.
         train_limit: both train on the first N training images [None: all]. >= 1.
         epochs: both train this long [None: the model's recipe, 6; C 10]. >= 1.
+        lr: Adam's rate of both [1e-2: the logits must grow ~T times; see the module]. > 0.
         seed: the student's initialisation and shuffling; the teacher's use ``seed + 1`` (two
             separately initialised networks, as in the paper) [0]. >= 0.
 
@@ -288,10 +332,12 @@ class DistillationDefense:
     temperature: float = DEFAULT_TEMPERATURE
     train_limit: int | None = None
     epochs: int | None = None
+    lr: float = DEFAULT_DISTILLATION_LR
     seed: int = 0
 
     def __post_init__(self) -> None:
         _check_temperature(self.temperature)
+        check_real("lr", self.lr, strict=True)
         if self.train_limit is not None:
             check_int("train_limit", self.train_limit, low=1)
         if self.epochs is not None:
@@ -309,12 +355,13 @@ class DistillationDefense:
         return "-".join(part for part in (TEACHER_VARIANT, ctx.variant) if part)
 
     def _teacher_params(self) -> dict[str, Any]:
-        return {"temperature": float(self.temperature), "role": "teacher"}
+        return {"temperature": float(self.temperature), "lr": float(self.lr), "role": "teacher"}
 
     def training(self, model: str, ctx: DefenseContext) -> Training | None:
         name = check_model_name(model)
         params = {
             "temperature": float(self.temperature),
+            "lr": float(self.lr),
             "teacher_variant": self.teacher_variant(ctx),
             "teacher_seed": self.seed + 1,
         }
@@ -327,6 +374,7 @@ class DistillationDefense:
             epochs=self.epochs,
             train_limit=self.train_limit,
             seed=self.seed,
+            trainer=AdamAt(lr=self.lr),
         )
 
     def teacher(self, model: str, ctx: DefenseContext) -> nn.Module:
@@ -377,5 +425,6 @@ class DistillationDefense:
             train_limit=self.train_limit,
             extra={"defense": "distillation-teacher", "defense_params": self._teacher_params()},
             progress=ctx.progress,
+            trainer=AdamAt(lr=self.lr),
         )
         return teacher.to(dev).eval()

@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 import torch
 
+from defenses import defended_model
 from defenses.base import DefenseContext, StoredDefenseMismatch, from_settings, is_detector
-from defenses.distillation import DistillationDefense, DistillationLoss
+from defenses.distillation import AdamAt, DistillationDefense, DistillationLoss
 from defenses.prototype import PCLPGDTraining, PCLTrainer, PCLTraining
 from defenses.registry import DEFENSES, TRAINING_DEFENSES, build_defense_training
 from defenses.vae_defense import ADAPTIVE_ATTACKS, DetectorMetrics, VAEDetectorDefense
@@ -24,7 +25,7 @@ from stadv.data import TensorData, load_tensors
 from stadv.deepfool import DeepFool
 from stadv.fgsm import FGSM
 from stadv.models import build_model
-from stadv.store import checkpoint_path, load_checkpoint, train_and_store
+from stadv.store import CheckpointError, checkpoint_path, load_checkpoint, train_and_store
 from stadv_cli.main import main
 from stadv_sweeps.engine.errors import SweepError
 from stadv_sweeps.plans import defense_spec as spec_mod
@@ -53,6 +54,7 @@ def test_registry_lists_the_new_defenses() -> None:
     [
         (lambda: DistillationDefense(temperature=0.0), "temperature"),
         (lambda: DistillationDefense(epochs=0), "epochs"),
+        (lambda: DistillationDefense(lr=-1.0), "lr"),
         (lambda: PCLTraining(warmup_epochs=-1), "warmup_epochs"),
         (lambda: PCLTraining(lr=0.0), "lr"),
         (lambda: PCLPGDTraining(steps=0), "steps"),
@@ -90,9 +92,11 @@ def test_distillation_trains_a_teacher_once_and_a_student(data_root: Path, tmp_p
     store = tmp_path / "store"
     defense = DistillationDefense(temperature=20.0, train_limit=200, epochs=1, seed=3)
     recipe = defense.training("B", _ctx(store, data_root, variant="tiny"))
-    assert recipe is not None and recipe.variant == "distilled-tiny" and recipe.trainer is None
+    assert recipe is not None and recipe.variant == "distilled-tiny"
+    assert isinstance(recipe.trainer, AdamAt) and recipe.trainer.lr == 1e-2
     assert recipe.params == {
         "temperature": 20.0,
+        "lr": 1e-2,
         "teacher_variant": "distill-teacher-tiny",
         "teacher_seed": 4,
     }
@@ -102,7 +106,11 @@ def test_distillation_trains_a_teacher_once_and_a_student(data_root: Path, tmp_p
     assert isinstance(loss, DistillationLoss) and loss.temperature == 20.0
     teacher_info = json.loads(teacher_path.with_suffix(".json").read_text())
     assert teacher_info["seed"] == 4 and teacher_info["extra"]["train_images"] == 200
-    assert teacher_info["extra"]["defense_params"] == {"temperature": 20.0, "role": "teacher"}
+    assert teacher_info["extra"]["defense_params"] == {
+        "temperature": 20.0,
+        "lr": 1e-2,
+        "role": "teacher",
+    }
     stamp = teacher_path.stat().st_mtime_ns
     recipe.make_loss()  # the stored teacher is reused, not trained again
     assert teacher_path.stat().st_mtime_ns == stamp
@@ -118,6 +126,7 @@ def test_distillation_trains_a_teacher_once_and_a_student(data_root: Path, tmp_p
         loss_fn=loss,
         extra={"defense": "distillation", "defense_params": recipe.params},
         progress=False,
+        trainer=recipe.trainer,
     )
     loaded, _ = load_checkpoint(
         checkpoint_path("B", "mnist", store=store, variant="distilled-tiny")
@@ -134,7 +143,9 @@ def test_distillation_trains_a_teacher_once_and_a_student(data_root: Path, tmp_p
         again.make_loss()
     missing = other.training("B", _ctx(tmp_path / "empty", data_root, train=False))
     assert missing is not None
-    with pytest.raises(Exception, match="stadv train --model B --dataset mnist --defense distil"):
+    with pytest.raises(
+        CheckpointError, match="stadv train --model B --dataset mnist --defense distil"
+    ):
         missing.make_loss()
 
 
@@ -192,6 +203,12 @@ def test_cli_trains_a_distilled_model_end_to_end(
     teacher = json.loads((store / "mnist-B-distill-teacher.json").read_text())
     assert teacher["extra"]["train_images"] == 200 and teacher["epochs"] == 1
     load_checkpoint(store / "mnist-B-distilled.pt", model_name="B")  # checksum, weights_only
+    distilled = defended_model("B", "distillation", store=store, data_dir=data_root, device="cpu")
+    assert not distilled.training
+    with pytest.raises(ValueError, match="'vae' is a detector"):
+        defended_model("B", "vae", store=store, data_dir=data_root)
+    with pytest.raises(CheckpointError, match="--defense pcl"):
+        defended_model("B", "pcl", store=store, data_dir=data_root)
 
     bad = [
         (["--defense", "distillation", "--distillation-temperature", "0"], "temperature"),
