@@ -24,7 +24,7 @@ the threshold depends on the protected classifier and is fitted again each time 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -94,7 +94,7 @@ class VAEDetectorDefense:
     trains: ClassVar[bool] = False
 
     epochs: int = DEFAULT_VAE_EPOCHS
-    train_limit: int | None = None
+    train_limit: int | None = field(default=None, metadata={"none": "all"})
     n_validation: int = DEFAULT_N_VALIDATION
     latent_dim: int = DEFAULT_LATENT_DIM
     fpr: float = DEFAULT_FPR

@@ -220,6 +220,22 @@ def test_cli_trains_a_distilled_model_end_to_end(
         assert message in capsys.readouterr().err
 
 
+def test_cli_trains_the_vae_and_fits_its_threshold(
+    data_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    where = ["--store", str(tmp_path / "store"), "--data-dir", str(data_root)]
+    model = ["train", "--model", "B", "--train-limit", "200", "--epochs", "1", "--quiet"]
+    assert main([*model, *where]) == 0
+    vae = ["train-vae", "--epochs", "1", "--train-limit", "600", "--n-validation", "100"]
+    assert main([*vae, "--quiet", "--model", "B", *where]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["train_images"] == 500 and row["validation_images"] == 100
+    assert Path(row["vae"]) == tmp_path / "store" / "mnist-vae.pt" and Path(row["vae"]).is_file()
+    assert row["fpr_validation"] <= 0.05 and 0.0 <= row["fpr_test_first_1000"] <= 1.0
+    assert main([*vae, "--fpr", "2", *where]) == 2
+    assert "fpr must lie in (0, 1), got 2.0" in capsys.readouterr().err
+
+
 def test_vae_detector_is_stored_once_and_fitted_on_validation_images(
     data_root: Path, tmp_path: Path
 ) -> None:
