@@ -377,6 +377,13 @@ def test_defense_table_counts_untargeted_columns_and_shows_the_detector() -> Non
     assert metrics["detection.stadv.vae.B"] == 0.97 and metrics["roc_auc.stadv.vae.B"] == 0.991
     assert "adaptive_success.deepfool.vae.B" not in metrics
     assert metrics["success.deepfool.none.B"] == 0.6
+    shown = defense_table.figures(table)
+    assert set(shown) == {"success_stadv.png", "success_deepfool.png"}
+    ax = shown["success_stadv.png"].axes[0]
+    rows = [t.get_text() for t in ax.get_yticklabels()]
+    assert rows == ["undefended", "PCL", "VAE detector (adaptive)"]
+    values = ax.images[0].get_array()
+    assert [float(v) for v in values[:, 0]] == pytest.approx([0.9, 0.5, 0.88])  # adaptive
 
 
 def test_defended_models_bundle_the_new_defenses(

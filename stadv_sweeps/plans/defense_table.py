@@ -217,16 +217,26 @@ def summary_text(df: pd.DataFrame) -> str:
 
 
 def figures(table: pd.DataFrame) -> dict[str, Figure]:
-    """Per attack, a heat map of success over defenses x models."""
+    """Per attack, a heat map of success over defenses x models (a detector's row: the adaptive
+    attack's success against classifier and detector, blank where it was not run)."""
     out = {}
     models = sorted(table["model"].unique())
     defenses = [d for d in DEFENSE_LABELS if d in set(table["defense"])]
+    against = table["success"].where(
+        ~table["defense"].isin(DETECTORS), table["adaptive_success_rate"]
+    )
     for attack in [a for a in ATTACK_LABELS if a in set(table["attack"])]:
-        here = table[table["attack"] == attack].set_index(["defense", "model"])["success"]
+        rows = table["attack"] == attack
+        here = against[rows].set_axis(
+            pd.MultiIndex.from_frame(table.loc[rows, ["defense", "model"]])
+        )
         values = [[float(here.get((d, m), math.nan)) for m in models] for d in defenses]
         out[f"success_{attack}.png"] = plots.heatmap(
             values,
-            [DEFENSE_LABELS[d] for d in defenses],
+            [
+                f"{DEFENSE_LABELS[d]} (adaptive)" if d in DETECTORS else DEFENSE_LABELS[d]
+                for d in defenses
+            ],
             models,
             title=f"{ATTACK_LABELS[attack]}: attack success",
             xlabel="model",
