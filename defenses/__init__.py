@@ -5,6 +5,11 @@
   ``adv-fgsm``, ``adv-pgd`` or ``adv-ensemble`` (``stadv train --defense ...``).
 * Pre-processing (:mod:`defenses.blur`, :mod:`defenses.denoiser`): ``nn.Module`` s composed in
   front of a model, ``nn.Sequential(preprocessor, model)``; white-box attacks see through them.
+* Defensive distillation (:mod:`defenses.distillation`, variant ``distilled``) and the
+  prototype conformity loss (:mod:`defenses.prototype`, ``pcl``, ``pcl-pgd``): trained
+  classifiers like adversarial training.
+* Detection (:mod:`defenses.vae_detector`, :mod:`defenses.vae_defense`): a VAE detector that
+  flags inputs and leaves the classifier as it is.
 
 :func:`defended_model` loads any of them from the store by name.
 """
@@ -80,9 +85,10 @@ def defended_model(
     """Model ``name`` ("A", "B", "C") under ``defense``, from the store, in eval mode.
 
     Args:
-        defense: ``"none"``; ``"fgsm"``, ``"pgd"``, ``"ensemble"`` (the adversarially trained
-            checkpoint ``<dataset>-<name>-adv-<defense>.pt``; never trained here: missing ones
-            raise :class:`~stadv.store.CheckpointError` naming ``stadv train --defense``);
+        defense: ``"none"``; ``"fgsm"``, ``"pgd"``, ``"ensemble"``, ``"distillation"``,
+            ``"pcl"``, ``"pcl-pgd"`` (the trained checkpoint ``<dataset>-<name>-<variant>.pt``,
+            ``adv-<defense>``, ``distilled``, ``pcl``, ``pcl-pgd``; never trained here: missing
+            ones raise :class:`~stadv.store.CheckpointError` naming ``stadv train --defense``);
             ``"blur"`` (``nn.Sequential(GaussianBlur(blur_kernel_size, blur_sigma), model)``) or
             ``"denoiser"`` (``nn.Sequential(stored denoiser, model)``).
         dataset, store, data_dir, device: as :func:`stadv.store.load_pretrained`.
@@ -90,21 +96,28 @@ def defended_model(
         denoiser_variant: which stored denoiser [""].
         train_if_missing: train a missing *undefended* base model first [False].
     Raises:
-        ValueError: an unknown defense (the message lists them) or bad blur parameters.
+        ValueError: an unknown defense (the message lists them), a detector (``"vae"``: it is
+            no model; :meth:`defenses.vae_defense.VAEDetectorDefense.detector` gives it) or bad
+            blur parameters.
     """
-    from defenses.base import DefenseContext
+    from defenses.base import DefenseContext, is_detector
     from stadv.store import CheckpointError, checkpoint_path, load_checkpoint, load_pretrained
 
     key = check_choice("defense", defense, DEFENSES)
     dev = resolve_device(device)
     cls = defense_class(key)
+    if is_detector(cls):
+        raise ValueError(
+            f"defense {key!r} is a detector, not a model: build it with "
+            f"{cls.__name__}().detector(classifier, context)"
+        )
     given = {"kernel_size": blur_kernel_size, "sigma": blur_sigma}
     made = cls(**{k: v for k, v in given.items() if k in options(cls)})
     if cls.trains:
         path = checkpoint_path(name, dataset, store=store, variant=cls.store_variant)
         if not path.is_file():
             raise CheckpointError(
-                f"no adversarially trained model at {path}; run "
+                f"no trained model at {path}; run "
                 f"`stadv train --model {name} --dataset {dataset} --defense {key}`"
             )
         model, _ = load_checkpoint(path, model_name=name, map_location=dev)

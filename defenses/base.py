@@ -26,7 +26,7 @@ from typing import Any, ClassVar, Protocol, TypeVar
 import torch
 from torch import nn
 
-from stadv.train import TrainLoss
+from stadv.train import Trainer, TrainLoss
 
 D = TypeVar("D")
 
@@ -66,20 +66,23 @@ class Training:
     """How a defense trains its classifier (what :func:`stadv.store.train_and_store` takes).
 
     ``make_loss()`` builds the per-batch loss (only when the classifier is trained: it may
-    load other models); ``variant`` is the store variant (``<dataset>-<model>-<variant>.pt``);
+    load or train other models; None: the plain cross-entropy); ``trainer`` replaces
+    :func:`stadv.train.train_model` when the defense's schedule is not one loss over one loop
+    (None: train_model); ``variant`` is the store variant (``<dataset>-<model>-<variant>.pt``);
     ``params`` go to the
     checkpoint's sidecar as ``extra["defense_params"]`` and are checked against it when the
     checkpoint is loaded again; ``epochs`` / ``train_limit`` None mean the model's recipe / the
     whole training split.
     """
 
-    make_loss: Callable[[], TrainLoss]
+    make_loss: Callable[[], TrainLoss | None]
     variant: str
     params: dict[str, Any]
     epochs: int | None = None
     train_limit: int | None = None
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+    trainer: Trainer | None = None
 
 
 class Defense(Protocol):
@@ -103,6 +106,20 @@ class Defense(Protocol):
     def identity(self) -> dict[str, Any]:
         """The options that define the defended model (trial keys, store variants)."""
         ...
+
+
+class Detector(Protocol):
+    """A defense that leaves the classifier as it is and flags adversarial inputs instead (the
+    VAE detector): its row of a defense table reports detection, not robustness."""
+
+    def detector(self, classifier: nn.Module, ctx: DefenseContext) -> nn.Module:
+        """The detector of ``classifier``'s inputs, its threshold fitted (trained or loaded now)."""
+        ...
+
+
+def is_detector(defense: object) -> bool:
+    """Whether ``defense`` (an instance or a class) is a :class:`Detector`."""
+    return callable(getattr(defense, "detector", None))
 
 
 def store_variant(defense: Defense, suffix: str) -> str:

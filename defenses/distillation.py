@@ -27,7 +27,16 @@ Details here: the soft labels are computed on the fly from the teacher in eval m
 off, parameters frozen), which gives the same targets as precomputing them over the training set,
 as Papernot et al. do; no T^2 factor (Hinton et al.'s) is applied, as in Papernot et al.; the
 optimiser is :func:`stadv.train.train_model`'s Adam (the paper uses SGD with momentum; Adam's
-steps do not depend on the loss's 1/T gradient scale).
+steps do not depend on the loss's 1/T gradient scale). At T = 100 the logits must grow about T
+times larger than usual, which Adam's default rate (1e-3) does not reach in a short run: the
+registered defense trains both networks at ``lr`` 1e-2 (:data:`DEFAULT_DISTILLATION_LR`,
+``benchmarks/new_defenses.py``'s ``--distill-lr``).
+
+As a registered defense (:class:`DistillationDefense`, ``stadv train --defense distillation``,
+the defense sweep's ``distillation`` row) the teacher and the student go through the model
+store: the teacher as ``<dataset>-<model>-distill-teacher[-<variant>].pt`` (trained once at T,
+reused, checked against T, its epochs and images on every reload), the student, the defended
+classifier, as ``<dataset>-<model>-distilled[-<variant>].pt``.
 
 Example::
 
@@ -38,22 +47,42 @@ Example::
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from stadv.data import TensorData
+from defenses.base import DefenseContext, Training, check_recorded, option_values, store_variant
+from stadv.data import TensorData, load_tensors
+from stadv.devices import resolve_device
 from stadv.model_mode import prepared_model
-from stadv.models import build_model
+from stadv.models import build_model, check_model_name
 from stadv.options import check_int, check_real
-from stadv.train import DEFAULT_BATCH_SIZE, DEFAULT_EPOCHS, DEFAULT_LR, TrainReport, train_model
+from stadv.store import CheckpointError, checkpoint_path, load_checkpoint, train_and_store
+from stadv.train import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EPOCHS,
+    DEFAULT_LR,
+    TrainLoss,
+    TrainReport,
+    default_recipe,
+    train_model,
+)
 
 #: Papernot et al.'s MNIST temperature.
 DEFAULT_TEMPERATURE = 100.0
+#: The store variant's stem of the distillation teachers.
+TEACHER_VARIANT = "distill-teacher"
+#: Adam's rate of the registered defense's teacher and student at T.
+DEFAULT_DISTILLATION_LR = 1e-2
 
 __all__ = [
+    "DEFAULT_DISTILLATION_LR",
     "DEFAULT_TEMPERATURE",
+    "TEACHER_VARIANT",
+    "AdamAt",
+    "DistillationDefense",
     "DistillationLoss",
     "DistillationReport",
     "TemperatureCrossEntropy",
@@ -233,3 +262,169 @@ def train_distilled(
     return student.eval(), DistillationReport(
         temperature=t, teacher=teacher_report, student=student_report
     )
+
+
+# ---------------------------------------------------------------------------------------------
+# The defense, as the registry (defenses.registry) builds it
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class AdamAt:
+    """:func:`stadv.train.train_model` at Adam's rate ``lr`` (a :class:`stadv.train.Trainer`
+    for :func:`stadv.store.train_and_store`, which otherwise trains at 1e-3)."""
+
+    lr: float
+
+    def __post_init__(self) -> None:
+        check_real("lr", self.lr, strict=True)
+
+    def __call__(
+        self,
+        model: nn.Module,
+        data: TensorData,
+        *,
+        epochs: int,
+        lr_decay_epochs: int,
+        seed: int,
+        device: torch.device | None,
+        loss_fn: TrainLoss | None,
+        progress: bool,
+    ) -> TrainReport:
+        return train_model(
+            model,
+            data,
+            epochs=epochs,
+            lr=self.lr,
+            lr_decay_epochs=lr_decay_epochs,
+            seed=seed,
+            device=device,
+            loss_fn=loss_fn,
+            progress=progress,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class DistillationDefense:
+    """Defensive distillation (Papernot et al. 2016) as a training defense.
+
+    The recipe's loss is :class:`DistillationLoss` on a teacher of the same architecture trained
+    at ``temperature`` (:class:`TemperatureCrossEntropy`); the stored, defended classifier is the
+    student, returning its raw logits (evaluated and attacked at T = 1).
+
+    Options (keyword-only; defaults in brackets):
+        temperature: T of the teacher and the student [100.0, the paper's MNIST value]. > 0.
+        train_limit: both train on the first N training images [None: all]. >= 1.
+        epochs: both train this long [None: the model's recipe, 6; C 10]. >= 1.
+        lr: Adam's rate of both [1e-2: the logits must grow ~T times; see the module]. > 0.
+        seed: the student's initialisation and shuffling; the teacher's use ``seed + 1`` (two
+            separately initialised networks, as in the paper) [0]. >= 0.
+
+    Stored as ``<dataset>-<model>-distilled[-<variant>].pt``, its teacher as
+    ``<dataset>-<model>-distill-teacher[-<variant>].pt`` (trained once, reused by later
+    students; a stored teacher trained otherwise than asked is
+    :class:`~defenses.base.StoredDefenseMismatch`).
+    """
+
+    name: ClassVar[str] = "distillation"
+    label: ClassVar[str] = "distilled"
+    store_variant: ClassVar[str] = "distilled"
+    trains: ClassVar[bool] = True
+
+    temperature: float = DEFAULT_TEMPERATURE
+    train_limit: int | None = None
+    epochs: int | None = None
+    lr: float = DEFAULT_DISTILLATION_LR
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        _check_temperature(self.temperature)
+        check_real("lr", self.lr, strict=True)
+        if self.train_limit is not None:
+            check_int("train_limit", self.train_limit, low=1)
+        if self.epochs is not None:
+            check_int("epochs", self.epochs, low=1)
+        check_int("seed", self.seed, low=0)
+
+    def front(self, ctx: DefenseContext) -> nn.Module | None:
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        return option_values(self)
+
+    def teacher_variant(self, ctx: DefenseContext) -> str:
+        """The teacher's store variant: ``distill-teacher[-<ctx.variant>]``."""
+        return "-".join(part for part in (TEACHER_VARIANT, ctx.variant) if part)
+
+    def _teacher_params(self) -> dict[str, Any]:
+        return {"temperature": float(self.temperature), "lr": float(self.lr), "role": "teacher"}
+
+    def training(self, model: str, ctx: DefenseContext) -> Training | None:
+        name = check_model_name(model)
+        params = {
+            "temperature": float(self.temperature),
+            "lr": float(self.lr),
+            "teacher_variant": self.teacher_variant(ctx),
+            "teacher_seed": self.seed + 1,
+        }
+        return Training(
+            make_loss=lambda: DistillationLoss(
+                teacher=self.teacher(name, ctx), temperature=self.temperature
+            ),
+            variant=store_variant(self, ctx.variant),
+            params=params,
+            epochs=self.epochs,
+            train_limit=self.train_limit,
+            seed=self.seed,
+            trainer=AdamAt(lr=self.lr),
+        )
+
+    def teacher(self, model: str, ctx: DefenseContext) -> nn.Module:
+        """The teacher of ``model`` at this temperature (eval mode): from the store, checked
+        against the options, or (``ctx.train``) trained and stored now.
+
+        Raises:
+            StoredDefenseMismatch: the stored teacher was trained otherwise.
+            CheckpointError: none is stored and ``ctx.train`` is False, or it is corrupt.
+        """
+        name = check_model_name(model)
+        variant = self.teacher_variant(ctx)
+        dev = resolve_device(ctx.device)
+        path = checkpoint_path(name, ctx.dataset, store=ctx.store, variant=variant)
+        if path.exists() or path.with_suffix(".json").exists():
+            teacher, info = load_checkpoint(path, model_name=name, map_location=dev)
+            n_train = len(load_tensors(ctx.dataset, split="train", data_dir=ctx.data_dir))
+            limit = self.train_limit
+            expected = {
+                "epochs": self.epochs or default_recipe(name).epochs,
+                "train_images": n_train if limit is None else min(limit, n_train),
+                "seed": self.seed + 1,
+                **self._teacher_params(),
+            }
+            recorded = {
+                "epochs": info.epochs,
+                "train_images": info.extra.get("train_images"),
+                "seed": info.seed,
+                **info.extra.get("defense_params", {}),
+            }
+            check_recorded(str(path), recorded, expected)
+            return teacher.to(dev).eval()
+        if not ctx.train:
+            raise CheckpointError(
+                f"no distillation teacher at {path}; run "
+                f"`stadv train --model {name} --dataset {ctx.dataset} --defense distillation`"
+            )
+        teacher, _ = train_and_store(
+            name,
+            dataset=ctx.dataset,
+            store=ctx.store,
+            data_dir=ctx.data_dir,
+            epochs=self.epochs,
+            seed=self.seed + 1,
+            device=dev,
+            variant=variant,
+            loss_fn=TemperatureCrossEntropy(temperature=self.temperature),
+            train_limit=self.train_limit,
+            extra={"defense": "distillation-teacher", "defense_params": self._teacher_params()},
+            progress=ctx.progress,
+            trainer=AdamAt(lr=self.lr),
+        )
+        return teacher.to(dev).eval()

@@ -39,6 +39,14 @@ Attack or store ``PrototypeModel.classifier``, the plain logits model (or the wr
 same logits). The centroids start at the class means of the warmed-up features (the authors
 draw them at random: means start the pull where the features are).
 
+As registered defenses (:class:`PCLTraining` ``pcl``, :class:`PCLPGDTraining` ``pcl-pgd``;
+``stadv train --defense pcl``, the defense sweep's rows) the whole schedule runs as the
+store's trainer (:class:`PCLTrainer`) and the stored classifier is the plain A/B/C model
+``PrototypeModel.classifier``: the centroids are not kept. The defended model classifies with
+its own logits (the paper's too: the softmax layer, not the nearest centroid), so nothing at
+test time reads them; they only shape the features during training. Keeping the stored model
+the plain architecture lets every loader, attack and sweep use it unchanged.
+
 Example::
 
     >>> pcl, report = train_pcl("B", train, warmup_epochs=3, epochs=3, seed=0)
@@ -50,16 +58,18 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from defenses.adversarial_training import PGDAdversarialLoss
+from defenses.base import DefenseContext, Training, option_values, store_variant
 from stadv.data import TensorData
-from stadv.models import NUM_CLASSES, build_model
+from stadv.models import NUM_CLASSES, build_model, check_model_name
 from stadv.options import check_int, check_real
-from stadv.train import DEFAULT_BATCH_SIZE, DEFAULT_LR, TrainReport, train_model
+from stadv.train import DEFAULT_BATCH_SIZE, DEFAULT_LR, TrainLoss, TrainReport, train_model
 
 DEFAULT_PROX_WEIGHT = 1.0
 #: The authors' ``--weight-conprox``.
@@ -72,7 +82,10 @@ __all__ = [
     "DEFAULT_CONPROX_WEIGHT",
     "DEFAULT_PCL_LR",
     "DEFAULT_PROX_WEIGHT",
+    "PCLPGDTraining",
     "PCLReport",
+    "PCLTrainer",
+    "PCLTraining",
     "PrototypeConformityLoss",
     "PrototypeModel",
     "default_feature_layers",
@@ -402,3 +415,174 @@ def train_pcl(
         progress=progress,
     )
     return model.eval(), PCLReport(warmup=warm, pcl=report, adversarial=adversarial is not None)
+
+
+# ---------------------------------------------------------------------------------------------
+# The defenses, as the registry (defenses.registry) builds them
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, kw_only=True)
+class PCLTrainer:
+    """:func:`train_pcl` as the store's trainer (a :class:`stadv.train.Trainer`): trains the
+    model :func:`stadv.store.train_and_store` built, in place; ``epochs`` is the PCL phase's.
+
+    Fields: ``model_name``, ``warmup_epochs``, ``prox_weight``, ``conprox_weight``, ``lr``
+    (the PCL phase's Adam rate; the warm-up runs at 1e-3) and ``adversarial``, as
+    :func:`train_pcl`.
+    """
+
+    model_name: str
+    warmup_epochs: int = 3
+    prox_weight: float = DEFAULT_PROX_WEIGHT
+    conprox_weight: float = DEFAULT_CONPROX_WEIGHT
+    lr: float = DEFAULT_PCL_LR
+    adversarial: PGDAdversarialLoss | None = None
+
+    def __call__(
+        self,
+        model: nn.Module,
+        data: TensorData,
+        *,
+        epochs: int,
+        lr_decay_epochs: int,
+        seed: int,
+        device: torch.device | None,
+        loss_fn: TrainLoss | None,
+        progress: bool,
+    ) -> TrainReport:
+        if lr_decay_epochs:
+            raise ValueError(
+                "the prototype conformity training has no learning-rate decay: "
+                f"lr_decay_epochs must be 0, got {lr_decay_epochs}"
+            )
+        if loss_fn is not None:
+            raise ValueError(f"PCLTrainer brings its own loss; got loss_fn={loss_fn!r}")
+        _, report = train_pcl(
+            self.model_name,
+            data,
+            warmup_epochs=self.warmup_epochs,
+            epochs=epochs,
+            prox_weight=self.prox_weight,
+            conprox_weight=self.conprox_weight,
+            adversarial=self.adversarial,
+            classifier=model,
+            pcl_lr=self.lr,
+            seed=seed,
+            device=device,
+            progress=progress,
+        )
+        warm = report.warmup
+        return TrainReport(
+            epochs=self.warmup_epochs + epochs,
+            seconds=report.pcl.seconds + (warm.seconds if warm else 0.0),
+            final_loss=report.pcl.final_loss,
+            losses=(warm.losses if warm else ()) + report.pcl.losses,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PCLTraining:
+    """The prototype conformity loss (Mustafa et al. 2019) as a training defense: cross-entropy
+    warm-up, then :class:`PrototypeConformityLoss` with centroids on the penultimate features
+    and the map feeding the last convolution (:func:`default_feature_layers`).
+
+    Options (keyword-only; defaults in brackets):
+        warmup_epochs: cross-entropy epochs first [3]. >= 0.
+        epochs: the PCL phase's epochs [None: the model's recipe, 6; C 10]. >= 1.
+        train_limit: train on the first N training images [None: all]. >= 1.
+        prox_weight: lambda [1.0]; conprox_weight: gamma [1e-4, the authors']. >= 0.
+        lr: Adam's rate in the PCL phase [1e-4]. > 0.
+        seed: initialisation, shuffling [0]. >= 0.
+
+    Stored as ``<dataset>-<model>-pcl[-<variant>].pt``: the plain classifier (the centroids are
+    a training-time detail; see the module docstring).
+    """
+
+    name: ClassVar[str] = "pcl"
+    label: ClassVar[str] = "PCL"
+    store_variant: ClassVar[str] = "pcl"
+    trains: ClassVar[bool] = True
+
+    warmup_epochs: int = 3
+    epochs: int | None = None
+    train_limit: int | None = None
+    prox_weight: float = DEFAULT_PROX_WEIGHT
+    conprox_weight: float = DEFAULT_CONPROX_WEIGHT
+    lr: float = DEFAULT_PCL_LR
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        check_int("warmup_epochs", self.warmup_epochs, low=0)
+        if self.epochs is not None:
+            check_int("epochs", self.epochs, low=1)
+        if self.train_limit is not None:
+            check_int("train_limit", self.train_limit, low=1)
+        check_real("prox_weight", self.prox_weight)
+        check_real("conprox_weight", self.conprox_weight)
+        check_real("lr", self.lr, strict=True)
+        check_int("seed", self.seed, low=0)
+
+    def adversarial(self) -> PGDAdversarialLoss | None:
+        """The PGD settings of the adversarial variant (None: clean images only)."""
+        return None
+
+    def front(self, ctx: DefenseContext) -> nn.Module | None:
+        return None
+
+    def identity(self) -> dict[str, Any]:
+        return option_values(self)
+
+    def training(self, model: str, ctx: DefenseContext) -> Training | None:
+        name = check_model_name(model)
+        adversarial = self.adversarial()
+        trainer = PCLTrainer(
+            model_name=name,
+            warmup_epochs=self.warmup_epochs,
+            prox_weight=self.prox_weight,
+            conprox_weight=self.conprox_weight,
+            lr=self.lr,
+            adversarial=adversarial,
+        )
+        params: dict[str, Any] = {
+            "warmup_epochs": self.warmup_epochs,
+            "prox_weight": float(self.prox_weight),
+            "conprox_weight": float(self.conprox_weight),
+            "lr": float(self.lr),
+            "feature_layers": list(default_feature_layers(build_model(name))),
+            "centroid_lr_scale": DEFAULT_CENTROID_LR_SCALE,
+        }
+        if adversarial is not None:
+            params.update(
+                epsilon=adversarial.epsilon, alpha=adversarial.alpha, steps=adversarial.steps
+            )
+        return Training(
+            make_loss=lambda: None,
+            variant=store_variant(self, ctx.variant),
+            params=params,
+            epochs=self.epochs,
+            train_limit=self.train_limit,
+            seed=self.seed,
+            trainer=trainer,
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
+class PCLPGDTraining(PCLTraining):
+    """:class:`PCLTraining` with PGD adversarial examples added to each batch (the paper's
+    adversarially trained variant): ``steps`` [40] of ``alpha`` [0.01] in the L-inf
+    ``epsilon`` [0.3] ball, random start (Madry et al.'s MNIST settings), crafted on the
+    cross-entropy. Stored as ``<dataset>-<model>-pcl-pgd[-<variant>].pt``."""
+
+    name: ClassVar[str] = "pcl-pgd"
+    label: ClassVar[str] = "PCL+PGD-adv"
+    store_variant: ClassVar[str] = "pcl-pgd"
+
+    epsilon: float = 0.3
+    steps: int = 40
+    alpha: float = 0.01
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.adversarial()  # checks epsilon, steps, alpha
+
+    def adversarial(self) -> PGDAdversarialLoss | None:
+        return PGDAdversarialLoss(epsilon=self.epsilon, alpha=self.alpha, steps=self.steps)

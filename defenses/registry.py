@@ -8,7 +8,7 @@ is one module plus one line in :data:`DEFENSES`.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -19,9 +19,12 @@ from defenses.adversarial_training import EnsembleTraining, FGSMTraining, PGDTra
 from defenses.base import DefenseContext, Training, from_settings
 from defenses.blur import BlurDefense
 from defenses.denoiser import DenoiserDefense
+from defenses.distillation import DistillationDefense
+from defenses.prototype import PCLPGDTraining, PCLTraining
+from defenses.vae_defense import VAEDetectorDefense
 from stadv.models import check_model_name
 from stadv.options import check_choice, check_int, check_real
-from stadv.train import TrainLoss
+from stadv.train import Trainer, TrainLoss
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -51,6 +54,10 @@ DEFENSES: dict[str, type[Any]] = {
     "pgd": PGDTraining,
     "blur": BlurDefense,
     "denoiser": DenoiserDefense,
+    "distillation": DistillationDefense,
+    "pcl": PCLTraining,
+    "pcl-pgd": PCLPGDTraining,
+    "vae": VAEDetectorDefense,
 }
 
 
@@ -85,12 +92,14 @@ def defense_variant(defense: str) -> str:
 @dataclass(frozen=True)
 class DefenseTraining:
     """What :func:`stadv.store.train_and_store` needs to train under one defense: ``loss_fn``
-    (None: plain training), the store ``variant`` and ``extra`` details for the checkpoint's
-    sidecar (``{"defense": name, "defense_params": {...}}``; empty for ``"none"``)."""
+    (None: plain training), the store ``variant``, ``extra`` details for the checkpoint's
+    sidecar (``{"defense": name, "defense_params": {...}}``; empty for ``"none"``) and the
+    ``trainer`` replacing :func:`stadv.train.train_model` (None: train_model)."""
 
     loss_fn: TrainLoss | None = None
     variant: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    trainer: Trainer | None = None
 
 
 def build_defense_training(
@@ -106,6 +115,10 @@ def build_defense_training(
     store: str | os.PathLike[str] | None = None,
     data_dir: str | os.PathLike[str] | None = None,
     device: str | torch.device | None = None,
+    epochs: int | None = None,
+    train_limit: int | None = None,
+    seed: int = 0,
+    options: Mapping[str, Any] | None = None,
 ) -> DefenseTraining:
     """The training loss, store variant and sidecar details of training ``defense`` (one of
     :data:`TRAINING_DEFENSES`), built by the registry from flat settings
@@ -123,6 +136,11 @@ def build_defense_training(
             architecture but ``model_name``]; loaded from the store (``dataset``, ``store``,
             ``data_dir``, ``device``: as :func:`stadv.store.load_pretrained`; trained first if
             missing). Only ``"ensemble"`` loads them.
+        epochs [None: the model's recipe], train_limit [None: all], seed [0]: the training's,
+            as :func:`stadv.store.train_and_store` gets them; the defenses that train further
+            models with it (distillation's teacher) train those alike.
+        options: further options by ``<defense>_<option>`` (``distillation_temperature``,
+            ``pcl_warmup_epochs``, ``pcl-pgd_steps``) [None: the defenses' defaults].
     Raises:
         ValueError: an unknown defense or model, or a bad value (every argument is checked,
             whatever the defense, before any model is loaded).
@@ -146,6 +164,11 @@ def build_defense_training(
     static = None if static_models is None else tuple(check_model_name(s) for s in static_models)
     if static is not None and not static:
         raise ValueError("static_models must name at least one model, got none")
+    if epochs is not None:
+        check_int("epochs", epochs, low=1)
+    if train_limit is not None:
+        check_int("train_limit", train_limit, low=1)
+    check_int("seed", seed, low=0)
     if key == "none":
         return DefenseTraining()
     flat: dict[str, Any] = {
@@ -153,6 +176,10 @@ def build_defense_training(
         "pgd_alpha": pgd_alpha,
         "pgd_steps": pgd_steps,
         "static_models": static,
+        "epochs": epochs,
+        "train_limit": train_limit,
+        "seed": seed,
+        **(options or {}),
     }
     if adv_weight is not None:
         flat["adv_weight"] = adv_weight
@@ -171,4 +198,5 @@ def build_defense_training(
         loss_fn=recipe.make_loss(),
         variant=recipe.variant,
         extra={"defense": key, "defense_params": recipe.params},
+        trainer=recipe.trainer,
     )

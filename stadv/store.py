@@ -28,7 +28,7 @@ from stadv.data import check_dataset_name, load_tensors
 from stadv.devices import resolve_device
 from stadv.models import build_model, check_model_name, count_parameters
 from stadv.options import check_int
-from stadv.train import TrainLoss, default_recipe, evaluate, train_model
+from stadv.train import Trainer, TrainLoss, default_recipe, evaluate, train_model
 
 FORMAT_VERSION = 1
 
@@ -177,12 +177,15 @@ def train_and_store(
     train_limit: int | None = None,
     extra: dict[str, Any] | None = None,
     progress: bool = True,
+    trainer: Trainer | None = None,
 ) -> tuple[nn.Module, CheckpointInfo]:
     """Train a model, evaluate it on the whole test split, and save it to the store.
 
     ``epochs`` and ``lr_decay_epochs`` default to the model's :func:`stadv.train.default_recipe`
-    (6 epochs for A and B; 10 for C, the last 2 at lr / 10). ``train_limit`` trains on the
-    first N training images only (tests, smoke runs).
+    (6 epochs for A and B; 10 for C, the last 2 at lr / 10; with a ``trainer``, no decay
+    unless asked). ``train_limit`` trains on the first N training images only (tests, smoke
+    runs). ``trainer`` replaces :func:`stadv.train.train_model` (a defense's own schedule, e.g.
+    the prototype conformity loss's warm-up; it gets ``loss_fn``) [None: train_model].
 
     Raises:
         ValueError: a bad argument (``epochs`` < 1, ``lr_decay_epochs`` outside
@@ -193,7 +196,8 @@ def train_and_store(
     recipe = default_recipe(name)
     epochs = recipe.epochs if epochs is None else check_int("epochs", epochs, low=1)
     if lr_decay_epochs is None:
-        lr_decay_epochs = recipe.lr_decay_epochs if epochs == recipe.epochs else 0
+        own_recipe = epochs == recipe.epochs and trainer is None
+        lr_decay_epochs = recipe.lr_decay_epochs if own_recipe else 0
     check_int("lr_decay_epochs", lr_decay_epochs, low=0)
     if lr_decay_epochs >= epochs:
         raise ValueError(f"lr_decay_epochs must be in [0, epochs={epochs}), got {lr_decay_epochs}")
@@ -208,7 +212,7 @@ def train_and_store(
     test = load_tensors(ds, split="test", data_dir=data_dir)
     torch.manual_seed(seed)  # weight initialisation
     model = build_model(name).to(dev)
-    report = train_model(
+    report = (trainer or train_model)(
         model,
         train,
         epochs=epochs,

@@ -67,6 +67,26 @@ class CrossEntropy:
         return F.cross_entropy(model(images), labels)
 
 
+class Trainer(Protocol):
+    """A training schedule in place of :func:`train_model` (what
+    :func:`stadv.store.train_and_store` runs): trains ``model`` in place on ``data`` and returns
+    its :class:`TrainReport`. :func:`train_model` itself is one; a defense whose training is not
+    one loss over one loop (a warm-up, then another loss) brings its own."""
+
+    def __call__(
+        self,
+        model: nn.Module,
+        data: TensorData,
+        *,
+        epochs: int,
+        lr_decay_epochs: int,
+        seed: int,
+        device: torch.device | None,
+        loss_fn: TrainLoss | None,
+        progress: bool,
+    ) -> TrainReport: ...
+
+
 @dataclass(frozen=True)
 class TrainReport:
     epochs: int

@@ -1,4 +1,5 @@
-"""The ``stadv`` command: ``train``, ``eval``, ``attack``, ``train-denoiser``, ``views``.
+"""The ``stadv`` command: ``train``, ``eval``, ``attack``, ``train-denoiser``, ``train-vae``,
+``views``.
 
 Each sub-command is a small handler over the library (its module in :mod:`stadv_cli`); errors
 the user can fix (missing data, a bad option, a corrupt checkpoint or saved block) print one
@@ -16,6 +17,7 @@ from stadv.store import CheckpointError
 from stadv_cli.attack import add_attack_parser
 from stadv_cli.denoiser import add_denoiser_parser
 from stadv_cli.train import add_eval_parser, add_train_parser
+from stadv_cli.vae import add_vae_parser
 from stadv_cli.views import add_views_parser
 
 Handler = Callable[[argparse.Namespace], int]
@@ -32,6 +34,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_eval_parser(sub)
     add_attack_parser(sub)
     add_denoiser_parser(sub)
+    add_vae_parser(sub)
     add_views_parser(sub)
     return parser
 

@@ -85,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
             loss_fn=defense.loss_fn,
             variant=defense.variant,
             extra=defense.extra,
+            trainer=defense.trainer,
         )
         row: dict[str, Any] = {
             "model": name,

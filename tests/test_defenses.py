@@ -361,7 +361,10 @@ def test_cli_trains_defended_models_into_the_store(
     assert Path(row["denoiser"]) == store / "mnist-denoiser.pt" and Path(row["denoiser"]).is_file()
     denoised = defended_model("B", "denoiser", store=store, device="cpu")
     assert isinstance(denoised, nn.Sequential) and isinstance(denoised[0], DenoisingAutoencoder)
-    assert set(DEFENSES) == {"none", "fgsm", "pgd", "ensemble", "blur", "denoiser"}
+    assert set(DEFENSES) == {
+        *("none", "fgsm", "pgd", "ensemble", "blur", "denoiser"),
+        *("distillation", "pcl", "pcl-pgd", "vae"),
+    }
 
 
 @pytest.mark.parametrize(

@@ -169,7 +169,9 @@ def smoke_runner(
         tmp = tmp_path_factory.mktemp(script)
         args = common_args(tmp, sweep_store, data_root, experiment)
         start = time.monotonic()
-        proc = run(sweep_cmd(script, "--smoke-test", "--address", ray_address, *args), sweep_env)
+        # 900 s: the defense sweep's smoke test runs 60 trials (10 defenses x 6 attacks)
+        cmd = sweep_cmd(script, "--smoke-test", "--address", ray_address, *args)
+        proc = run(cmd, sweep_env, timeout=900)
         return {
             "proc": proc,
             "seconds": time.monotonic() - start,
@@ -670,8 +672,32 @@ def test_storage_path_uri_goes_to_tune_unchanged(
 # ---------------------------------------------------------------------------------------------
 # The defense sweep
 # ---------------------------------------------------------------------------------------------
-DEFENSES = ("none", "fgsm", "ensemble", "pgd", "blur", "denoiser")
-ATTACKS = ("fgsm", "cw", "stadv")
+DEFENSES = (
+    "none",
+    "fgsm",
+    "ensemble",
+    "pgd",
+    "blur",
+    "denoiser",
+    "distillation",
+    "pcl",
+    "pcl-pgd",
+    "vae",
+)
+ATTACKS = ("fgsm", "cw", "stadv", "deepfool", "jsma", "few-pixel")
+LABELS = (
+    "undefended",
+    "FGSM-adv",
+    "ensemble-adv",
+    "PGD-adv",
+    "blur",
+    "denoiser",
+    "distilled",
+    "PCL",
+    "PCL+PGD-adv",
+    "VAE detector",
+)
+N_DEFENSE_TRIALS = len(DEFENSES) * len(ATTACKS)  # model B
 
 
 @pytest.fixture(scope="module")
@@ -685,54 +711,77 @@ def test_defense_sweep_smoke_logs_the_table(defense_smoke: dict[str, Any], tmp_p
     proc = defense_smoke["proc"]
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     out = proc.stdout
-    assert "18/18 trials finished" in out
+    n = N_DEFENSE_TRIALS
+    assert f"{n}/{n} trials finished" in out
     assert "with Wilson 95 % intervals; clean acc = accuracy of the defended model" in out
-    for label in ("undefended", "FGSM-adv", "ensemble-adv", "PGD-adv", "blur", "denoiser"):
+    for label in LABELS:
         assert f" B {label:>12} " in out, label
     assert "could not be checked here" in out  # the paper's defense table, said plainly
+    assert "DeepFool (untargeted)" in out and "Few-pixel DE" in out and "JSMA" in out
+    assert " detect " in out and " / adaptive " in out and " / AUC " in out  # the VAE's row
 
     client, parents, children = runs_of(defense_smoke["uri"], defense_smoke["experiment"])
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0]
-    assert parent.data.params["trials"] == "18" and parent.data.params["preset"] == "smoke"
+    assert parent.data.params["trials"] == str(n) and parent.data.params["preset"] == "smoke"
     assert parent.data.params["training.train_limit"] == "1000"
-    assert len(children) == 18
+    assert len(children) == n
     assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
     cells = {(c.data.params["attack"], c.data.params["defense"]) for c in children}
     assert cells == set(itertools.product(ATTACKS, DEFENSES))
-    assert len({c.data.tags["stadv.trial_key"] for c in children}) == 18
+    assert len({c.data.tags["stadv.trial_key"] for c in children}) == n
     accuracy: dict[str, set[float]] = {}
     for child in children:
         assert child.info.status == "FINISHED"
         params, metrics = child.data.params, child.data.metrics
-        assert params["model"] == "B" and params["targets"] == "random"
+        targeted = params["attack"] != "deepfool"  # DeepFool takes no targets
+        assert params["model"] == "B"
+        assert params["targets"] == ("random" if targeted else "untargeted")
         assert params["model_variant"] == "smoke" and params["eval_images"] == "2000"
         assert metrics["stats/attacks"] == 2.0  # 2 images, one random target each
-        rate = metrics["success"]
-        assert metrics["success_ci_low"] <= rate <= metrics["success_ci_high"]
+        if targeted:
+            rate = metrics["success"]
+            assert metrics["success_ci_low"] <= rate <= metrics["success_ci_high"]
+        else:
+            rate = metrics["untargeted_success"]
+            assert "success" not in metrics
         assert 0 <= metrics["clean_accuracy"] <= 1 and 0 < metrics["test_accuracy"] <= 1
         accuracy.setdefault(params["defense"], set()).add(metrics["test_accuracy"])
         if params["defense"] in ("fgsm", "ensemble", "pgd"):
             assert params["defense_variant"] == f"adv-{params['defense']}-smoke"
+        if params["defense"] == "vae":
+            assert params["detector_validation_images"] == "200"
+            assert 0 <= metrics["detector_fpr_test"] <= 1
+            adaptive = metrics["adaptive_success_rate"]
+            assert math.isnan(adaptive) is (params["attack"] not in ("fgsm", "cw", "stadv"))
+        else:
+            assert "detection_rate" not in metrics
         names = {a.path for a in client.list_artifacts(child.info.run_id)}
-        expected = {"attacks.parquet", "attacks.csv", "figure2_grid.png", "target_heatmap.png"}
-        expected.add("views")
+        expected = {"attacks.parquet", "attacks.csv", "target_heatmap.png", "views"}
+        if targeted:
+            expected.add("figure2_grid.png")
         if params["attack"] == "stadv":
             expected.add("flow_quiver.png")
         assert names == expected, (child.info.run_name, names)
         local = Path(
             client.download_artifacts(child.info.run_id, "", str(tmp_path / child.info.run_id))
         )
-        assert is_png(local / "figure2_grid.png") and is_png(local / "target_heatmap.png")
+        assert is_png(local / "target_heatmap.png")
+        assert not targeted or is_png(local / "figure2_grid.png")
         table = pd.read_parquet(local / "attacks.parquet")
-        assert len(table) == 2 and (table["target"] != table["label"]).all()
+        assert len(table) == 2
+        assert (
+            (table["target"] != table["label"]).all() if targeted else (table["target"] == -1).all()
+        )
         assert table["success"].mean() == pytest.approx(rate)
     # one clean accuracy per defended model, whichever attack's run logged it
     assert all(len(v) == 1 for v in accuracy.values()), accuracy
 
     local = Path(client.download_artifacts(parent.info.run_id, "", str(tmp_path / "parent")))
     table = pd.read_csv(local / "defense_table.csv")
-    assert len(table) == 18 and set(table["defense"]) == set(DEFENSES)
+    assert len(table) == n and set(table["defense"]) == set(DEFENSES)
+    assert set(table.loc[table["attack"] == "deepfool", "success_kind"]) == {"untargeted"}
+    assert table.loc[table["defense"] == "vae", "roc_auc"].notna().any()
     assert ((table["ci_low"] <= table["success"]) & (table["success"] <= table["ci_high"])).all()
     for attack in ATTACKS:
         assert is_png(local / "figures" / f"success_{attack}.png"), attack
@@ -769,10 +818,20 @@ def test_defense_sweep_bad_values_fail_before_anything_runs(
 def test_defense_sweep_dry_run_lists_every_combination(sweep_env: dict[str, str]) -> None:
     proc = run(sweep_cmd("defense_sweep", "--dry-run"), sweep_env, timeout=120)
     assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip().endswith("54 trials")
+    assert proc.stdout.strip().endswith(f"{3 * N_DEFENSE_TRIALS} trials")
     labels = [line.split(maxsplit=2)[2] for line in proc.stdout.splitlines()[:-1]]
     assert labels[:3] == ["C undefended FGSM", "C undefended C&W", "C undefended stAdv"]
-    assert labels[-1] == "B denoiser stAdv"
+    assert labels[3:6] == [
+        "C undefended DeepFool",
+        "C undefended JSMA",
+        "C undefended Few-pixel DE",
+    ]
+    assert labels[-1] == "B VAE detector Few-pixel DE"
+    for label in ("distilled", "PCL", "PCL+PGD-adv", "VAE detector"):
+        assert f"A {label} stAdv" in labels, label
+    proc = run(sweep_cmd("defense_sweep", "--dry-run", "--smoke-test"), sweep_env, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().endswith(f"{N_DEFENSE_TRIALS} trials")
     proc = run(
         sweep_cmd(
             "defense_sweep", "--dry-run", "--models", "B", "--defenses", "pgd", "--attacks", "stadv"

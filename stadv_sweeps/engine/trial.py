@@ -183,11 +183,16 @@ def _attack_and_log(
 
     attack_name = point.attack_name
     attack = point.attack
-    targets = as_target_spec(ctx["targets"])
+    # a point may fix its own protocol (an untargeted-only attack in a targeted sweep)
+    targets = as_target_spec(point.params.get("targets", ctx["targets"]))
+    report = held.get("report")
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         result = attack(model, images, labels, targets=targets)
-    metrics: dict[str, float] = dict(summarize(result))
+        further = (
+            {} if report is None else report(attack_name, attack, images, labels, targets, result)
+        )
+    metrics: dict[str, float] = {**summarize(result), **further}
     metrics["clean_accuracy"] = clean_accuracy
     metrics["n_images"] = float(images.shape[0])
     info = held.get("info", {})

@@ -1,5 +1,6 @@
-"""Attacks against defenses: {FGSM, C&W, stAdv} x {undefended, FGSM-adv, ensemble-adv, PGD-adv,
-blur, denoiser} x {A, B, C}: the paper's second claim (Xiao et al. 2018), that stAdv still
+"""Attacks against defenses: {FGSM, C&W, stAdv, DeepFool, JSMA, few-pixel} x {undefended,
+FGSM-adv, ensemble-adv, PGD-adv, blur, denoiser, distilled, PCL, PCL+PGD-adv, VAE detector} x
+{A, B, C}: the paper's second claim (Xiao et al. 2018), that stAdv still
 succeeds where adversarial training stops pixel-space attacks.
 
 One Ray Tune trial per (model, defense, attack), logged like the other sweeps (a parent run,
@@ -13,6 +14,18 @@ binary search from c = 1e-2 and 200 Adam steps per step (CPU-feasible; the refer
 sigma 1) and the denoiser sit in front of the undefended model; the attacks differentiate
 through them (white-box). At the end: a table of attack success with Wilson 95 % intervals and
 each defended model's clean test accuracy.
+
+DeepFool takes no targets: its trials run untargeted (the table says so in its column). JSMA
+(theta 1, gamma 14.5 %) and the few-pixel attack (3 pixels; differential evolution 100 x 20
+generations, Su et al.'s 400 x 100 with --preset paper) follow the target protocol.
+
+Defensive distillation (T = 100; teacher and student each trained like the adversarial
+trainings below), the prototype conformity loss (one epoch of cross-entropy, then one of PCL;
+pcl-pgd with PGD 20 x 0.02 examples) and the VAE detector are rows too. The detector leaves the
+classifier unchanged: its cells are the share of successful adversarial examples it flags at
+5 % false positives on clean validation images (held out from the training split), the success
+of the attack run against classifier and detector together (stAdv, C&W, FGSM, PGD), and the
+ROC AUC.
 
 Defended models missing from the model store are trained once, in the driver, before the
 trials. The CPU default (--preset cpu): adversarial training from scratch on the first
@@ -31,7 +44,7 @@ and attacks 10,000 images: for a GPU (the driver trains on its own device).
 Every setting is recorded in the checkpoint's sidecar and the runs' parameters; a stored model
 trained otherwise than asked is an error, never used silently.
 
-    python sweeps/defense_sweep.py                          # CPU default: 54 trials, 30 images each
+    python sweeps/defense_sweep.py                          # CPU default: 180 trials, 30 images each
     python sweeps/defense_sweep.py --models B --defenses none pgd blur --attacks fgsm stadv
     python sweeps/defense_sweep.py --address auto --tracking-uri http://mlflow:5000 --preset paper
     python sweeps/defense_sweep.py --smoke-test             # model B, tiny, well under a minute
@@ -59,6 +72,7 @@ from stadv_sweeps.plans import defense_table
 from stadv_sweeps.plans.defense_models import DefendedModels
 from stadv_sweeps.plans.defense_spec import (
     ATTACK_OPTIONS,
+    DEFAULT_ATTACKS,
     PAPER_ATTACK_OPTIONS,
     PRESETS,
     SMOKE_ATTACK_OPTIONS,
@@ -143,7 +157,7 @@ class DefenseSweep:
             "--attacks",
             nargs="+",
             metavar="A",
-            help=f"of {', '.join(ATTACKS)} (default: fgsm cw stadv)",
+            help=f"of {', '.join(ATTACKS)} (default: {' '.join(DEFAULT_ATTACKS)})",
         )
         g.add_argument(
             "--defenses", nargs="+", metavar="D", help=f"of {', '.join(DEFENSES)} (default: all)"

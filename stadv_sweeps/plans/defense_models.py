@@ -8,7 +8,13 @@
   parameters in the sidecar, as ``stadv train --defense`` stores them;
 * ``blur``: :class:`defenses.blur.GaussianBlur` in front of the undefended model;
 * ``denoiser``: the denoising autoencoder in front of the undefended model, trained by the
-  same code as ``stadv train-denoiser`` and stored as ``<dataset>-denoiser[-<variant>].pt``.
+  same code as ``stadv train-denoiser`` and stored as ``<dataset>-denoiser[-<variant>].pt``;
+* ``distillation``, ``pcl``, ``pcl-pgd``: trained classifiers like adversarial training
+  (distillation's teacher is stored and reused too: :mod:`defenses.distillation`);
+* ``vae``: the undefended model, with the VAE detector (stored as ``<dataset>-vae[-<variant>]``,
+  threshold fitted on clean validation images from the training split) in the bundle's
+  ``report``: each trial adds its detection rate, ROC AUC and adaptive success
+  (:mod:`defenses.vae_defense`).
 
 A stored model whose sidecar records other training settings than the sweep asks for is an
 error naming both, never used silently. Each bundle carries its clean test accuracy on the
@@ -23,7 +29,15 @@ from typing import Any
 
 from torch import nn
 
-from defenses.base import Defense, DefenseContext, StoredDefenseMismatch, check_recorded
+from defenses.base import (
+    Defense,
+    DefenseContext,
+    StoredDefenseMismatch,
+    check_recorded,
+    is_detector,
+)
+from defenses.vae_defense import DetectorMetrics
+from defenses.vae_detector import VAEDetector
 from stadv.data import TensorData, load_tensors
 from stadv.models import check_model_name
 from stadv.store import CheckpointInfo, checkpoint_path
@@ -114,6 +128,8 @@ class DefendedModels:
             }
             return bundle(name, model, info=_info(self.accuracy(model, info), params))
         base, base_info = self.undefended(name)
+        if is_detector(made):
+            return self.detector_bundle(name, defense, made, ctx, label)
         try:
             front = made.front(ctx)
         except StoredDefenseMismatch as err:
@@ -129,6 +145,37 @@ class DefendedModels:
         print(f"{label}: test accuracy {accuracy:.2%} (in front of the undefended model)")
         return bundle(name, base, pre=front.cpu().eval(), info=_info(accuracy, params))
 
+    def detector_bundle(
+        self, name: str, defense: str, made: Defense, ctx: DefenseContext, label: str
+    ) -> dict[str, Any]:
+        """The undefended model's bundle with the defense's fitted detector as its ``report``."""
+        base, base_info = self.undefended(name)
+        try:
+            detector = made.detector(base, ctx)  # type: ignore[attr-defined]
+        except StoredDefenseMismatch as err:
+            raise SweepError(str(err)) from None
+        if not isinstance(detector, VAEDetector):
+            raise SweepError(f"defense {defense}: its detector is no VAEDetector: {detector!r}")
+        fitted = detector.fitted_on
+        params = {
+            "defense_variant": ctx.variant or "default",
+            **{f"{defense}_{k}": v for k, v in made.identity().items()},
+            "detector_threshold": float(detector.threshold),
+            "detector_validation_images": fitted.get("images", ""),
+            "detector_validation_sha256": str(fitted.get("sha256", ""))[:16],
+        }
+        print(
+            f"{label}: threshold {float(detector.threshold):.4g} fitted on "
+            f"{fitted.get('images')} clean validation images (training split)",
+            flush=True,
+        )
+        return bundle(
+            name,
+            base,
+            info=_info(self.accuracy(base, base_info), params),
+            report=DetectorMetrics(detector),
+        )
+
     def trained(
         self, name: str, defense: str, made: Defense, ctx: DefenseContext, label: str
     ) -> tuple[nn.Module, CheckpointInfo]:
@@ -143,7 +190,9 @@ class DefendedModels:
                 "epochs": recipe.epochs,
                 "train_limit": recipe.train_limit,
                 "seed": recipe.seed,
-                "loss_fn": recipe.make_loss(),  # loads the ensemble's static models only now
+                # loads the ensemble's static models (trains distillation's teacher) only now
+                "loss_fn": recipe.make_loss(),
+                "trainer": recipe.trainer,
                 "extra": {
                     "defense": defense,
                     "defense_params": recipe.params,

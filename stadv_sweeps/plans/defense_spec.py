@@ -1,8 +1,9 @@
 """The defense sweep's trials: {attacks} x {defenses} x {models}, and how defenses are trained.
 
-A :class:`DefenseSpec` names the attacks (``fgsm``, ``cw``, ``stadv``; ``pgd`` also runs),
-the defenses (the library's names: ``none``, ``fgsm``, ``ensemble``, ``pgd`` adversarial
-training, ``blur``, ``denoiser``), the models, the images and target protocol, each attack's
+A :class:`DefenseSpec` names the attacks (``fgsm``, ``cw``, ``stadv``, ``deepfool``, ``jsma``,
+``few-pixel``; ``pgd`` also runs), the defenses (the library's names: ``none``, ``fgsm``,
+``ensemble``, ``pgd`` adversarial training, ``blur``, ``denoiser``, ``distillation``, ``pcl``,
+``pcl-pgd``, and the ``vae`` detector), the models, the images and target protocol, each attack's
 options and the :class:`DefenseSettings` that say how a missing defended model is trained.
 :func:`build_defense_points` validates all of it (a bad name or value raises ``SweepError``
 naming it) and returns one :class:`spec.Point` per (model, defense, attack).
@@ -11,6 +12,10 @@ Trained defenses are stored under a variant that names their settings (:func:`va
 ``adv-pgd`` for the paper's (the same checkpoint ``stadv train --defense pgd`` writes),
 ``adv-pgd-cpu`` / ``adv-pgd-smoke`` for the CPU default and the smoke test, and
 ``adv-pgd-t<hash>`` for any other setting, so a quick model never stands in for another.
+
+Target protocols: DeepFool is untargeted only, so its trials run untargeted whatever the
+sweep's protocol (:func:`attack_targets`; the table counts them as untargeted success);
+JSMA is targeted only, so an untargeted sweep cannot include it.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from defenses.base import Defense, from_settings
+from defenses.base import Defense, from_settings, is_detector
 from defenses.base import store_variant as defense_store_variant
 from defenses.registry import DEFENSES, defense_class
 from defenses.registry import label as defense_label
@@ -37,6 +42,8 @@ from stadv_sweeps.engine.spec import attack_options as spec_attack_options
 #: How the tables name things (from the registries: a new attack or defense brings its label).
 DEFENSE_LABELS = {name: defense_label(name) for name in DEFENSES}
 ATTACK_LABELS = {name: attack_label(name) for name in ATTACKS}
+#: The defenses that detect instead of defending the classifier (their rows report detection).
+DETECTORS: tuple[str, ...] = tuple(n for n in DEFENSES if is_detector(defense_class(n)))
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,12 @@ class DefenseSettings:
     ``pgd_adv_weight`` of the loss on the adversarial half (1.0, Madry et al.'s: adversarial
     loss only); the ensemble's static models are ``static_models`` (None: the other
     architectures), undefended. The denoiser trains ``denoiser_epochs`` on
-    ``denoiser_train_limit`` images with noise 0.1 (``stadv train-denoiser``).
+    ``denoiser_train_limit`` images with noise 0.1 (``stadv train-denoiser``). Distillation
+    (teacher and student) and the PCL trainings use ``train_limit``/``epochs`` too (PCL: its
+    phase after ``pcl_warmup_epochs`` of cross-entropy); the VAE detector trains
+    ``vae_epochs`` on ``vae_train_limit`` images, the last ``vae_n_validation`` of them held
+    out for its threshold. Options of those defenses without a field here live in ``extra``
+    as ``<defense>_<option>`` (``distillation_temperature``, ``pcl-pgd_steps``).
     """
 
     train_limit: int | None = field(
@@ -64,6 +76,8 @@ class DefenseSettings:
     static_models: tuple[str, ...] | None = None
     denoiser_epochs: int = 5
     denoiser_train_limit: int | None = field(default=None, metadata={"none": "all"})
+    vae_epochs: int = 5
+    vae_train_limit: int | None = field(default=None, metadata={"none": "all"})
     blur_kernel_size: int = 3
     blur_sigma: float = 1.0
     seed: int = field(default=0, metadata={"option": False})
@@ -95,6 +109,10 @@ class DefenseSettings:
 #: from scratch collapsed to chance at this size: Model A 9.82 % clean accuracy, measured),
 #: denoiser 2 epochs on 10,000 images; see
 #: ``sweeps/defenses.py`` for its cost. ``smoke``: 1,000 images (the denoiser 2,000), seconds.
+#: Distillation and PCL follow ``train_limit``/``epochs`` (cpu: one epoch of cross-entropy
+#: warm-up, then one of PCL; PCL-PGD crafts 20 x 0.02 as the CPU PGD training); the VAE
+#: detector: cpu 2 epochs on 9,000 images, 1,000 held out; paper 5 epochs, MagNet's 5,000
+#: validation images.
 PRESETS: dict[str, DefenseSettings] = {
     "paper": DefenseSettings(),
     "cpu": DefenseSettings(
@@ -105,6 +123,15 @@ PRESETS: dict[str, DefenseSettings] = {
         pgd_adv_weight=0.5,
         denoiser_epochs=2,
         denoiser_train_limit=10_000,
+        vae_epochs=2,
+        vae_train_limit=10_000,
+        extra={
+            "pcl_warmup_epochs": 1,
+            "pcl-pgd_warmup_epochs": 1,
+            "pcl-pgd_steps": 20,
+            "pcl-pgd_alpha": 0.02,
+            "vae_n_validation": 1000,
+        },
     ),
     "smoke": DefenseSettings(
         train_limit=1000,
@@ -114,25 +141,51 @@ PRESETS: dict[str, DefenseSettings] = {
         static_models=("B",),
         denoiser_epochs=1,
         denoiser_train_limit=2000,
+        vae_epochs=1,
+        vae_train_limit=2000,
+        extra={
+            "pcl_warmup_epochs": 1,
+            "pcl-pgd_warmup_epochs": 1,
+            "pcl-pgd_steps": 3,
+            "pcl-pgd_alpha": 0.1,
+            "vae_n_validation": 200,
+        },
     ),
 }
 #: Each attack's options: the CPU default, and the paper preset's changes. FGSM at the defense
 #: table's 0.3; stAdv at the paper's tau 0.05, kappa 0; C&W with a short binary search that
-#: starts at c = 1e-2 (the reference code: 9 steps x 10,000 iterations from c = 1e-3).
+#: starts at c = 1e-2 (the reference code: 9 steps x 10,000 iterations from c = 1e-3);
+#: DeepFool (L2, overshoot 0.02, 50 iterations) and JSMA (theta 1, gamma 14.5 %) at their
+#: papers' settings; the few-pixel attack with 3 pixels and differential evolution of 100
+#: candidates over 20 generations on a CPU (Su et al.'s 400 x 100 with ``--preset paper``).
 ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
     "fgsm": {"epsilon": 0.3},
     "cw": {"binary_search_steps": 5, "max_iterations": 200, "initial_const": 1e-2},
     "stadv": {"tau": 0.05, "kappa": 0.0},
     "pgd": {"epsilon": 0.3, "alpha": 0.01, "steps": 40},
+    "deepfool": {"norm": "l2", "overshoot": 0.02, "max_iterations": 50},
+    "jsma": {"theta": 1.0, "gamma": 0.145},
+    "few-pixel": {"pixels": 3, "population": 100, "generations": 20},
 }
 PAPER_ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
     "cw": {"binary_search_steps": 9, "max_iterations": 10_000, "initial_const": 1e-3},
+    "few-pixel": {"population": 400, "generations": 100},
 }
 SMOKE_ATTACK_OPTIONS: dict[str, dict[str, Any]] = {
     "cw": {"binary_search_steps": 2, "max_iterations": 20},
     "stadv": {"max_iterations": 20},
     "pgd": {"steps": 5},
+    "deepfool": {"max_iterations": 5},
+    "jsma": {"gamma": 0.02},
+    "few-pixel": {"population": 10, "generations": 2},
 }
+#: Attacks that take no targets (run untargeted in every sweep) and attacks that need them.
+UNTARGETED_ONLY: tuple[str, ...] = ("deepfool",)
+TARGETED_ONLY: tuple[str, ...] = ("jsma",)
+#: The default attacks and defenses of the sweep: every registered one (but PGD, the
+#: attack: the table's L-inf attack is FGSM at the same epsilon).
+DEFAULT_ATTACKS: tuple[str, ...] = ("fgsm", "cw", "stadv", "deepfool", "jsma", "few-pixel")
+DEFAULT_DEFENSES: tuple[str, ...] = tuple(DEFENSES)
 
 
 @dataclass(frozen=True)
@@ -141,8 +194,8 @@ class DefenseSpec:
 
     sweep: str
     models: tuple[str, ...] = ("A", "B", "C")
-    attacks: tuple[str, ...] = ("fgsm", "cw", "stadv")
-    defenses: tuple[str, ...] = ("none", "fgsm", "ensemble", "pgd", "blur", "denoiser")
+    attacks: tuple[str, ...] = DEFAULT_ATTACKS
+    defenses: tuple[str, ...] = DEFAULT_DEFENSES
     dataset: str = "mnist"
     n_images: int = 30
     targets: str = "random"
@@ -186,11 +239,11 @@ def check_names(kind: str, names: tuple[str, ...], allowed: tuple[str, ...]) -> 
 
 def check_settings(s: DefenseSettings) -> None:
     """Each training setting in range (``SweepError`` naming the bad one)."""
-    for name in ("train_limit", "epochs", "denoiser_train_limit"):
+    for name in ("train_limit", "epochs", "denoiser_train_limit", "vae_train_limit"):
         value = getattr(s, name)
         if value is not None and (not isinstance(value, int) or value < 1):
             raise SweepError(f"{name} must be a whole number >= 1 (or unset), got {value!r}")
-    for name in ("pgd_steps", "denoiser_epochs", "blur_kernel_size"):
+    for name in ("pgd_steps", "denoiser_epochs", "vae_epochs", "blur_kernel_size"):
         if getattr(s, name) < 1:
             raise SweepError(f"{name} must be >= 1, got {getattr(s, name)!r}")
     if s.blur_kernel_size % 2 == 0:
@@ -232,6 +285,20 @@ def variant_suffix(defense: str, settings: DefenseSettings) -> str:
     return "t" + hashlib.sha256(json.dumps(mine, sort_keys=True).encode()).hexdigest()[:6]
 
 
+def attack_targets(attack: str, targets: str) -> str:
+    """The target protocol ``attack`` runs with in a sweep whose protocol is ``targets``:
+    ``"untargeted"`` for :data:`UNTARGETED_ONLY` attacks, else ``targets``; ``SweepError`` for
+    a :data:`TARGETED_ONLY` attack in an untargeted sweep."""
+    if attack in UNTARGETED_ONLY:
+        return "untargeted"
+    if attack in TARGETED_ONLY and targets == "untargeted":
+        raise SweepError(
+            f"attack {attack!r} is targeted only: drop it or choose a target protocol other "
+            "than 'untargeted'"
+        )
+    return targets
+
+
 def trial_key(spec: DefenseSpec, model: str, defense: str, attack: str, options: Any) -> str:
     """A stable hash of everything that defines a trial's result."""
     ident = {
@@ -242,7 +309,7 @@ def trial_key(spec: DefenseSpec, model: str, defense: str, attack: str, options:
         "attack": attack,
         "dataset": spec.dataset,
         "n_images": spec.n_images,
-        "targets": spec.targets,
+        "targets": attack_targets(attack, spec.targets),
         "smoke": spec.smoke,
         "options": dict(sorted(options.items())),
     }
@@ -263,6 +330,7 @@ def build_defense_points(spec: DefenseSpec) -> list[Point]:
         spec.settings.defense(defense)  # each defense checks its own options
     if spec.eval_images is not None and spec.eval_images < 1:
         raise SweepError(f"eval_images must be >= 1 (or unset), got {spec.eval_images}")
+    run_targets = {a: attack_targets(a, spec.targets) for a in attacks}
     made = {a: make_attack(a, spec.attack_options.get(a, {})) for a in attacks}
     options = {a: spec_attack_options(made[a]) for a in attacks}
     points = []
@@ -278,7 +346,7 @@ def build_defense_points(spec: DefenseSpec) -> list[Point]:
                         key=key,
                         label=label,
                         weights=f"{model}/{defense}",
-                        params={"defense": defense},
+                        params={"defense": defense, "targets": run_targets[attack]},
                     )
                 )
     return points
