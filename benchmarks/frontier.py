@@ -25,6 +25,8 @@ import argparse
 import json
 import math
 import platform
+import shlex
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -38,6 +40,7 @@ from stadv.data import load_tensors
 from stadv.devices import resolve_device
 from stadv.metrics import wilson_interval
 from stadv.plots import save_png
+from stadv.records import make_record, write_record
 from stadv.store import load_pretrained
 
 #: name -> StAdv options (beyond the paper's tau 0.05, kappa 0).
@@ -163,6 +166,35 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         )
 
 
+def write_records(report: dict[str, Any], folder: Path, command: str) -> list[Path]:
+    """One record per schedule (:mod:`stadv.records`): targeted success over the attacks, its
+    L_flow and cost as statistics; ``folder/<model>-<schedule>.json``."""
+    first, last = report["images"]
+    paths = []
+    for row in report["rows"]:
+        stats = {
+            k: float(v)
+            for k, v in row.items()
+            if k not in ("attacks", "successes", "success", "ci_low", "ci_high", "wall_s")
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+        }
+        made = make_record(
+            what=f"stAdv schedule {row['schedule']} ({row['options'] or 'the default'}): Model "
+            f"{report['model']}, test images {first}-{last} x 9 targets, tau 0.05, kappa 0, "
+            f"{report['threads']} thread(s), {report['device']}",
+            command=command,
+            n=int(row["attacks"]),
+            successes=int(row["successes"]),
+            seconds=float(row["wall_s"]),
+            stats=stats,
+            tags={"model": str(report["model"]), "schedule": str(row["schedule"])},
+        )
+        paths.append(write_record(made, folder / f"{report['model']}-{row['schedule']}.json"))
+    return paths
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     p.add_argument("--model", default="B", choices=["A", "B", "C"], help="store model [B]")
@@ -182,6 +214,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--data-dir", default=None)
     p.add_argument("--json", default=None, help="write the rows here")
     p.add_argument("--figure", default=None, help="write the frontier PNG here")
+    p.add_argument("--record", default=None, help="write one record per schedule into this folder")
     args = p.parse_args(argv)
     if args.n_images < 1 or args.start < 0 or args.threads < 1 or args.batch_size < 1:
         p.error("--n-images, --threads, --batch-size must be >= 1 and --start >= 0")
@@ -219,6 +252,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2, allow_nan=True))
+    if args.record:
+        command = shlex.join(["python", "benchmarks/frontier.py", *(argv or sys.argv[1:])])
+        write_records(report, Path(args.record), command)
     if args.figure:
         title = f"stAdv quality-cost frontier, model {args.model}, {len(x)} images x 9 targets"
         save_png(figure(rows, title), args.figure)
