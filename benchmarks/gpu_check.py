@@ -12,9 +12,9 @@ achieved rate counts fp32 work, so with ``--precision tf32`` the fraction can ex
 strict fp32 allows). Why the fraction: an attack of tiny MNIST models is bound by kernel
 launches and the solver's per-iteration work, not by FLOPs; the fraction says how far.
 
-``--dry-run`` (the toy size on the CPU): a quick-trained Model B (one epoch on
-``--train-limit`` images, in a temporary store of the check's own, never the real one),
-``--n-images`` images and at most ``--max-iterations`` solver iterations.
+``--dry-run`` (the toy size on the CPU): a Model B trained here for one epoch on
+``--train-limit`` images and never stored (the real store is not touched), ``--n-images``
+images and at most ``--max-iterations`` solver iterations.
 
 ``assemble``: one JSON from the steps' outputs: the CUDA tests' JUnit XML, the Table 1
 part, the smoke sweep's exit status and its MLflow runs (4 trials, FINISHED, the device each
@@ -43,10 +43,11 @@ from stadv.attack import StAdv
 from stadv.data import load_tensors
 from stadv.devices import resolve_device
 from stadv.metrics import summarize
-from stadv.models import PAPER_TABLE1_SUCCESS
+from stadv.models import PAPER_TABLE1_SUCCESS, build_model
 from stadv.precision import PRECISIONS
 from stadv.records import machine_info
-from stadv.store import load_pretrained, train_and_store
+from stadv.store import load_pretrained
+from stadv.train import train_model
 from stadv_sweeps.engine.tags import PARENT_TAG
 
 #: The H200's nominal fp32 peak without tensor cores, TFLOP/s (NVIDIA's H200 datasheet: 67).
@@ -61,18 +62,15 @@ def synchronize(device: torch.device) -> None:
 def table1(args: argparse.Namespace) -> dict[str, Any]:
     """Model B's Table 1 cell, its throughput and the fraction of the peak (see the module)."""
     device = resolve_device("cpu" if args.dry_run else args.device)
-    if args.dry_run:
-        model, _ = train_and_store(
-            "B",
-            store=args.store,
-            data_dir=args.data_dir,
-            epochs=1,
-            train_limit=args.train_limit,
-            device=device,
-            progress=False,
+    if args.dry_run:  # trained here, never stored: a toy model must not meet the real ones
+        train = load_tensors("mnist", split="train", data_dir=args.data_dir, download=False)
+        torch.manual_seed(0)
+        model = build_model("B")
+        train_model(
+            model, train.slice(0, args.train_limit), epochs=1, device=device, progress=False
         )
         model = model.to(device).eval()
-        trained = "quick-trained (dry run)"
+        trained = f"quick-trained on {args.train_limit} images (dry run), not stored"
     else:
         model = load_pretrained(
             "B", store=args.store, data_dir=args.data_dir, device=device, progress=True

@@ -10,7 +10,8 @@
 # benchmarks/gpu_check.json.
 #
 # --dry-run, or a machine without CUDA: the same steps at toy size on the CPU (3 images, a
-# Model B quick-trained on 500 images into a temporary store, the smoke sweep without GPUs),
+# Model B quick-trained on 500 images and never stored, the smoke sweep without GPUs and its
+# smoke model in a temporary store),
 # in well under 2 minutes; the JSON says "dry_run": true.
 #
 #   bash benchmarks/gpu_check.sh [--dry-run] [--peak-tflops 67] [--precision fp32]

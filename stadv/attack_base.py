@@ -28,7 +28,7 @@ from torch import nn
 from stadv.margin import margin_loss
 from stadv.model_mode import prepared_model
 from stadv.options import check_bounds, check_int
-from stadv.precision import Precision, check_precision, precision_policy
+from stadv.precision import Precision, check_precision, precision_policy_unchecked
 from stadv.result import AttackResult
 from stadv.sanity import check_model
 from stadv.targets import TargetSpec, expand_targets
@@ -92,7 +92,7 @@ def finalize_result(
         )
     device = adv_images.device
     adv = adv_images.detach()
-    with prepared_model(model) as net, torch.no_grad(), precision_policy("fp32"):
+    with prepared_model(model) as net, torch.no_grad(), precision_policy_unchecked("fp32"):
         chunks = [net(adv[s : s + batch_size]) for s in range(0, m, batch_size)]
     if chunks:
         logits = torch.cat(chunks)
@@ -232,7 +232,7 @@ def attack_batch(
     dev = images.device if device is None else device
     x0 = images.detach().to(dev)
     y0 = labels.detach().to(dev)
-    with prepared_model(model) as net, precision_policy(attack.precision):
+    with prepared_model(model) as net, precision_policy_unchecked(attack.precision):
         if attack.check and x0.shape[0]:
             check_model(net, x0[:8])
         seed = 0 if attack.seed is None else attack.seed

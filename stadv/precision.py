@@ -54,7 +54,16 @@ def precision_policy(precision: str) -> Iterator[None]:
     ones read back and restore exactly whichever interface the caller used (``allow_tf32``,
     :func:`torch.set_float32_matmul_precision`).
     """
-    mode = "tf32" if check_precision(precision) == "tf32" else "ieee"
+    with precision_policy_unchecked(check_precision(precision)):
+        yield
+
+
+@contextmanager
+def precision_policy_unchecked(precision: str) -> Iterator[None]:
+    """:func:`precision_policy` of a value already checked (an attack's ``precision``,
+    validated once at construction, as :func:`stadv.flow.warp_unchecked` takes its options):
+    anything but ``"tf32"`` is strict fp32."""
+    mode = "tf32" if precision == "tf32" else "ieee"
     matmul = torch.backends.cuda.matmul
     # torch.backends.cudnn replaces itself with a module object at import: its ``conv``
     # settings exist at run time but not in the type stubs

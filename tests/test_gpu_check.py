@@ -54,7 +54,7 @@ def test_dry_run_writes_the_json_of_every_step(
 
     tests = report["cuda_tests"]
     assert tests["exit_status"] == 0 and tests["failures"] == 0 and tests["errors"] == 0
-    assert tests["tests"] >= 6  # the device-parametrised tests' cuda runs and the CUDA-only ones
+    assert tests["tests"] >= 5  # the device-parametrised tests' cuda runs and the CUDA-only ones
     if not torch.cuda.is_available():
         assert tests["skipped"] == tests["tests"] and tests["passed"] == 0
 

@@ -4,6 +4,7 @@ strict fp32."""
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterator
 
 import pytest
@@ -162,16 +163,14 @@ def test_on_a_cpu_both_policies_give_identical_results(
 def test_cuda_tf32_success_agrees_with_the_strict_fp32_prediction(
     tiny_model_b: nn.Module, mnist_test: TensorData
 ) -> None:
-    model = tiny_model_b.to("cuda")
-    try:
-        x, y = mnist_test.images[:16].cuda(), mnist_test.labels[:16].cuda()
-        attack = dict(max_iterations=100)
-        for precision in PRECISIONS:
-            result = StAdv(precision=precision, **attack)(model, x, y, targets="all")  # type: ignore[arg-type]
-            with precision_policy("fp32"):
-                pred = predict(model, result.adv_images)
-            assert result.adv_images.is_cuda
-            assert torch.equal(result.success, pred == result.targets), precision
-            assert float(result.success.float().mean()) > 0.5, precision
-    finally:
-        tiny_model_b.to("cpu")
+    model = copy.deepcopy(tiny_model_b).to("cuda")
+    x, y = mnist_test.images[:16].cuda(), mnist_test.labels[:16].cuda()
+    fast = dict(max_iterations=40, eq5_scale="sqrt_n")  # tests/test_attack.py's quick attack
+    for precision in PRECISIONS:
+        result = StAdv(precision=precision, **fast)(model, x, y, targets="all")  # type: ignore[arg-type]
+        with precision_policy("fp32"):  # the default policy: strict fp32
+            pred = predict(model, result.adv_images)
+        assert result.adv_images.is_cuda
+        assert torch.equal(result.predictions, pred), precision
+        assert torch.equal(result.success, pred == result.targets), precision
+        assert float(result.success.float().mean()) > 0.5, precision

@@ -50,6 +50,7 @@ def test_checkpoint_round_trip_and_sidecar(
         data_dir=data_root,
         epochs=1,
         train_limit=1000,
+        device=device,
         progress=False,
     )
     path = checkpoint_path("B", "mnist", store=store_dir)
@@ -74,7 +75,7 @@ def test_checkpoint_round_trip_and_sidecar(
     loaded, info2 = load_checkpoint(path, model_name="B")
     assert info2 == info
     x = mnist_test.images[:16]
-    assert torch.equal(loaded(x), model.eval()(x))
+    assert torch.equal(loaded(x), model.eval().cpu()(x))  # the checkpoint loads on the CPU
     # load_pretrained uses the stored file (no retraining: same weights).
     again = load_pretrained(
         "B", dataset="mnist", store=store_dir, data_dir=data_root, device=device

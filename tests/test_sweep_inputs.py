@@ -296,3 +296,15 @@ def test_a_trial_attacks_on_the_gpu_ray_assigned_it() -> None:
     assert trial_device(["3"], cuda_available=True) == torch.device("cuda")
     with pytest.raises(RuntimeError, match="Ray assigned this trial GPU 3, but torch sees no"):
         trial_device(["3"], cuda_available=False)
+
+
+def test_the_default_precision_keeps_the_trial_keys_of_older_sweeps() -> None:
+    from stadv.attack import StAdv
+    from stadv_sweeps.engine.spec import attack_options, key_options
+
+    options = attack_options(StAdv())
+    older = {k: v for k, v in options.items() if k != "precision"}  # before the option was
+    assert options["precision"] == "fp32"
+    assert key_options(options) == dict(sorted(older.items()))
+    assert list(key_options(options)) == sorted(older)
+    assert key_options(attack_options(StAdv(precision="tf32")))["precision"] == "tf32"
