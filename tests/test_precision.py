@@ -174,3 +174,13 @@ def test_cuda_tf32_success_agrees_with_the_strict_fp32_prediction(
         assert torch.equal(result.predictions, pred), precision
         assert torch.equal(result.success, pred == result.targets), precision
         assert float(result.success.float().mean()) > 0.5, precision
+
+
+def test_blocks_saved_before_the_option_still_resume() -> None:
+    import argparse
+
+    from stadv_cli.attack import _block_key
+
+    args = argparse.Namespace(attack="stadv", dataset="mnist", targets="all")
+    assert "precision" not in _block_key(args, StAdv(), "B", "digest")["params"]
+    assert _block_key(args, StAdv(precision="tf32"), "B", "digest")["params"]["precision"] == "tf32"
