@@ -11,8 +11,8 @@
 #
 # --dry-run, or a machine without CUDA: the same steps at toy size on the CPU (3 images, a
 # Model B quick-trained on 500 images and never stored, the smoke sweep without GPUs and its
-# smoke model in a temporary store),
-# in well under 2 minutes; the JSON says "dry_run": true.
+# smoke model in a temporary store), meant to take well under 2 minutes on an idle machine
+# (a Ray start is much of it: --address saves it); the JSON says "dry_run": true.
 #
 #   bash benchmarks/gpu_check.sh [--dry-run] [--peak-tflops 67] [--precision fp32]
 #                                [--address RAY_ADDRESS] [JSON]
@@ -23,8 +23,9 @@
 # From a fresh clone with the project's virtual environment activated (`pip install -e
 # '.[dev]'`); real MNIST comes from $STADV_DATA_SOURCE (default ../shared/data), the model
 # store is $STADV_STORE (default ~/.cache/stadv/models; the dry run uses its own temporary
-# one). Exit status: 0 when every step passed (the JSON's "ok"), 1 otherwise; the JSON is
-# written either way.
+# one). Exit status: 0 when every step passed (the JSON's "ok"), 1 otherwise. Failing CUDA
+# tests or a failing sweep are recorded in the JSON; a crash of the Table 1 step stops the
+# script before it (set -e).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s.%N)
