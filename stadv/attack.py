@@ -62,6 +62,7 @@ from stadv.flow import (
 )
 from stadv.margin import margin_loss
 from stadv.options import check_choice, check_int, check_real
+from stadv.precision import PRECISIONS, Precision
 from stadv.result import AttackResult
 from stadv.solvers.base import SolverResult
 from stadv.targets import TargetSpec
@@ -86,6 +87,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "units": UNITS,
     "padding": PADDINGS,
     "loss_input": get_args(LossInput),
+    "precision": PRECISIONS,
 }
 
 #: Default ``init_scale`` per initialisation: Gaussian std (the public reproduction's fix) and
@@ -187,6 +189,10 @@ class StAdv:
         device: where to run [None: the images' device]. Set by the runtime, not an option of
             the schema (:mod:`stadv.options`).
         check: run the sanity checks (probabilities, zero gradients) and warn [True].
+        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
+            verdict on the returned images is strict fp32 either way
+            (:mod:`stadv.precision`).
 
     Every option is validated once, at construction (``ValueError`` naming the option, the
     value and the allowed values); an option the chosen solver or setting ignores, given a
@@ -231,6 +237,7 @@ class StAdv:
     batch_size: int = 256
     device: str | None = field(default=None, metadata={"option": False})
     check: bool = True
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():

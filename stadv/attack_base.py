@@ -1,7 +1,8 @@
 """What every attack's call shares: the prepared batch, the result record, pixel-attack helpers.
 
 * :func:`attack_batch`: the shared start of an attack call, as a context manager: timer, input
-  checks (:func:`check_inputs`), :func:`~stadv.model_mode.prepared_model`,
+  checks (:func:`check_inputs`), :func:`~stadv.model_mode.prepared_model`, the attack's
+  :func:`~stadv.precision.precision_policy`,
   :func:`~stadv.sanity.check_model`, :func:`~stadv.targets.expand_targets`. It yields an
   :class:`AttackBatch`, whose :meth:`AttackBatch.finish` builds the result.
 * :func:`finalize_result`: builds an :class:`~stadv.result.AttackResult` from adversarial
@@ -27,6 +28,7 @@ from torch import nn
 from stadv.margin import margin_loss
 from stadv.model_mode import prepared_model
 from stadv.options import check_bounds, check_int
+from stadv.precision import Precision, check_precision, precision_policy_unchecked
 from stadv.result import AttackResult
 from stadv.sanity import check_model
 from stadv.targets import TargetSpec, expand_targets
@@ -64,7 +66,9 @@ def finalize_result(
 
     Success, predictions and margin come from one forward pass on ``adv_images`` (in eval mode,
     without gradients; the caller's mode is restored), so ``success`` always agrees with the
-    model. Targeted: ``success = pred == target``; untargeted: ``pred != label``. No margin
+    model. The pass is strict fp32 (:func:`~stadv.precision.precision_policy`) whatever policy
+    the attack searched under, so TF32's rounding never enters the verdict. Targeted:
+    ``success = pred == target``; untargeted: ``pred != label``. No margin
     enters the reported mask: an attack's own acceptance test (stAdv's ``success_margin``) is
     a hysteresis below this one, so the mask cannot disagree with the model's prediction
     however the returned images are batched (issue 21). ``margin`` is reported beside it.
@@ -88,7 +92,7 @@ def finalize_result(
         )
     device = adv_images.device
     adv = adv_images.detach()
-    with prepared_model(model) as net, torch.no_grad():
+    with prepared_model(model) as net, torch.no_grad(), precision_policy_unchecked("fp32"):
         chunks = [net(adv[s : s + batch_size]) for s in range(0, m, batch_size)]
     if chunks:
         logits = torch.cat(chunks)
@@ -128,7 +132,8 @@ def finalize_result(
 
 class CallSettings(Protocol):
     """The fields :func:`attack_batch` reads from an attack: ``num_classes``, ``seed`` (an int,
-    or None where the attack allows it; the target protocols then use 0) and ``check``."""
+    or None where the attack allows it; the target protocols then use 0), ``check`` and
+    ``precision`` (:mod:`stadv.precision`)."""
 
     @property
     def num_classes(self) -> int: ...
@@ -138,6 +143,9 @@ class CallSettings(Protocol):
 
     @property
     def check(self) -> bool: ...
+
+    @property
+    def precision(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -204,7 +212,9 @@ def attack_batch(
 
     Starts the timer, validates the inputs (:func:`check_inputs`; their range against
     ``bounds`` unless it is None), detaches them and moves them to ``device`` (None: where they
-    are), enters :func:`~stadv.model_mode.prepared_model` (restored on exit), warns about a
+    are), enters :func:`~stadv.model_mode.prepared_model` and ``attack.precision``'s
+    :func:`~stadv.precision.precision_policy` (both restored on exit; every attack's model
+    evaluations run inside, the fp32 verdict of :meth:`AttackBatch.finish` excepted), warns about a
     suspicious model on the first 8 images when ``attack.check``
     (:func:`stadv.sanity.check_model`), and expands the targets
     (:func:`stadv.targets.expand_targets` with ``attack.num_classes`` and ``attack.seed``, 0
@@ -222,7 +232,7 @@ def attack_batch(
     dev = images.device if device is None else device
     x0 = images.detach().to(dev)
     y0 = labels.detach().to(dev)
-    with prepared_model(model) as net:
+    with prepared_model(model) as net, precision_policy_unchecked(attack.precision):
         if attack.check and x0.shape[0]:
             check_model(net, x0[:8])
         seed = 0 if attack.seed is None else attack.seed
@@ -251,6 +261,7 @@ class PixelAttack:
     num_classes: int
     seed: int | None
     check: bool
+    precision: Precision
 
     def __call__(
         self,
@@ -269,9 +280,10 @@ class PixelAttack:
 
 def check_attack_fields(attack: PixelAttack) -> None:
     """Checks the fields every pixel-space attack has: ``bounds`` (normalised in place on the
-    frozen dataclass, :func:`check_bounds`), ``num_classes`` (>= 2) and ``seed`` (>= 0, or
-    None where the attack allows it)."""
+    frozen dataclass, :func:`check_bounds`), ``num_classes`` (>= 2), ``seed`` (>= 0, or
+    None where the attack allows it) and ``precision`` (:func:`~stadv.precision.check_precision`)."""
     object.__setattr__(attack, "bounds", check_bounds(attack.bounds))
+    check_precision(attack.precision)
     check_int("num_classes", attack.num_classes, low=2)
     if attack.seed is not None:
         check_int("seed", attack.seed, low=0)

@@ -37,6 +37,7 @@ from stadv.attack_base import (
 )
 from stadv.margin import margin_loss
 from stadv.options import check_int, check_real
+from stadv.precision import Precision
 from stadv.result import AttackResult
 
 _BETA1 = 0.9
@@ -60,6 +61,10 @@ class CarliniWagnerL2(PixelAttack):
         bounds: valid pixel range (low, high) [(0.0, 1.0)].
         num_classes: classes of the model [10]. seed: for the ``"random"`` targets [0].
         check: warn (:mod:`stadv.sanity`) about probability outputs or zero gradients [True].
+        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
+            verdict on the returned images is strict fp32 either way
+            (:mod:`stadv.precision`).
 
     Call: ``attack(model, images, labels, targets=None) -> AttackResult``; ``iterations`` and
     ``evaluations`` count every Adam step (one forward and backward pass each) over all search
@@ -85,6 +90,7 @@ class CarliniWagnerL2(PixelAttack):
     num_classes: int = 10
     seed: int = 0
     check: bool = True
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         check_real("kappa", self.kappa)

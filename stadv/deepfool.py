@@ -27,6 +27,7 @@ from torch import nn
 
 from stadv.attack_base import AttackBatch, PixelAttack, check_attack_fields
 from stadv.options import check_choice, check_int, check_real
+from stadv.precision import Precision
 from stadv.result import AttackResult
 from stadv.targets import TargetSpec
 
@@ -48,6 +49,10 @@ class DeepFool(PixelAttack):
         num_classes: K, classes of the model [10]; every other class is a candidate boundary.
         seed: unused by DeepFool (deterministic); kept for the shared target plumbing [0].
         check: warn (:mod:`stadv.sanity`) about probability outputs or zero gradients [True].
+        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
+            verdict on the returned images is strict fp32 either way
+            (:mod:`stadv.precision`).
 
     Call: ``attack(model, images, labels) -> AttackResult`` with ``images`` (N, C, H, W) in
     ``bounds`` and ``labels`` (N,); passing ``targets`` raises ``ValueError`` (DeepFool moves
@@ -75,6 +80,7 @@ class DeepFool(PixelAttack):
     num_classes: int = 10
     seed: int = 0
     check: bool = True
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "norm", check_choice("norm", self.norm, NORMS))

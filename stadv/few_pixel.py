@@ -53,6 +53,7 @@ from torch import nn
 
 from stadv.attack_base import AttackBatch, PixelAttack, check_attack_fields
 from stadv.options import check_int, check_real
+from stadv.precision import Precision
 from stadv.result import AttackResult
 
 
@@ -69,6 +70,10 @@ class FewPixel(PixelAttack):
         bounds: valid pixel range (low, high) [(0.0, 1.0)]; a changed pixel takes any value in it.
         num_classes: classes of the model [10].
         check: warn (:mod:`stadv.sanity`) about probability outputs or zero gradients [True].
+        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
+            verdict on the returned images is strict fp32 either way
+            (:mod:`stadv.precision`).
         max_batch: runtime only, not an option: most candidate images per model call [None:
             all of a generation's children in one call, the choice for a GPU]; does not change
             the result. On a CPU use ~256: ~30 % less CPU time per evaluation than one call of
@@ -99,6 +104,7 @@ class FewPixel(PixelAttack):
     bounds: tuple[float, float] = (0.0, 1.0)
     num_classes: int = 10
     check: bool = True
+    precision: Precision = "fp32"
     max_batch: int | None = field(default=None, metadata={"option": False})
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ from stadv.attack_base import (
     loss_ascent_gradient,
 )
 from stadv.options import check_real
+from stadv.precision import Precision
 from stadv.result import AttackResult
 
 
@@ -36,6 +37,10 @@ class FGSM(PixelAttack):
         seed: seeds the ``"random"`` target protocol [0].
         check: warn (:mod:`stadv.sanity`) when the model returns probabilities or has zero
             input gradients [True].
+        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
+            verdict on the returned images is strict fp32 either way
+            (:mod:`stadv.precision`).
 
     Call: ``attack(model, images, labels, targets=None) -> AttackResult`` with ``images``
     (N, C, H, W) in ``bounds``, ``labels`` (N,); ``targets`` as in :mod:`stadv.targets`.
@@ -56,6 +61,7 @@ class FGSM(PixelAttack):
     num_classes: int = 10
     seed: int = 0
     check: bool = True
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         check_real("epsilon", self.epsilon)

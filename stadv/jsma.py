@@ -29,6 +29,7 @@ from torch import nn
 
 from stadv.attack_base import AttackBatch, PixelAttack, check_attack_fields
 from stadv.options import check_int, check_real
+from stadv.precision import Precision
 from stadv.result import AttackResult
 from stadv.targets import TargetSpec
 
@@ -48,6 +49,10 @@ class JSMA(PixelAttack):
         bounds: valid pixel range (low, high) [(0.0, 1.0)].
         num_classes: classes of the model [10]. seed: seeds the ``"random"`` targets [0].
         check: warn (:mod:`stadv.sanity`) about probability outputs or zero gradients [True].
+        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
+            verdict on the returned images is strict fp32 either way
+            (:mod:`stadv.precision`).
 
     Call: ``attack(model, images, labels, targets) -> AttackResult`` with ``images``
     (N, C, H, W) in ``bounds``, ``labels`` (N,) and ``targets`` a tensor (N,) or a protocol of
@@ -73,6 +78,7 @@ class JSMA(PixelAttack):
     num_classes: int = 10
     seed: int = 0
     check: bool = True
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         check_real("theta", self.theta, low=-1.0)

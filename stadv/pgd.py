@@ -26,6 +26,7 @@ from stadv.attack_base import (
     loss_ascent_gradient,
 )
 from stadv.options import check_int, check_real
+from stadv.precision import Precision
 from stadv.result import AttackResult
 
 
@@ -44,6 +45,10 @@ class PGD(PixelAttack):
         bounds: valid pixel range (low, high) [(0.0, 1.0)].
         num_classes: classes of the model [10].
         check: warn (:mod:`stadv.sanity`) about probability outputs or zero gradients [True].
+        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
+            verdict on the returned images is strict fp32 either way
+            (:mod:`stadv.precision`).
 
     Call: ``attack(model, images, labels, targets=None) -> AttackResult``; ``iterations`` and
     ``evaluations`` equal ``steps``. Without a random start each row is independent of the rest
@@ -66,6 +71,7 @@ class PGD(PixelAttack):
     bounds: tuple[float, float] = (0.0, 1.0)
     num_classes: int = 10
     check: bool = True
+    precision: Precision = "fp32"
 
     def __post_init__(self) -> None:
         check_real("epsilon", self.epsilon)

@@ -65,6 +65,29 @@ def tiny_model_b(mnist_train_small: TensorData) -> torch.nn.Module:
     return model.eval()
 
 
+#: Why a CUDA run skips: said once, so every skipped GPU test reads the same.
+NO_CUDA = "CUDA is not available on this machine: the cuda run of this test needs a GPU"
+
+
+@pytest.fixture(
+    params=[
+        "cpu",
+        pytest.param(
+            "cuda",
+            marks=[
+                pytest.mark.cuda,
+                pytest.mark.skipif(not torch.cuda.is_available(), reason=NO_CUDA),
+            ],
+        ),
+    ]
+)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    """Each test that takes a device runs on the CPU and, where there is one, on CUDA (the
+    ``cuda`` run is marked ``cuda``: ``pytest -m cuda`` selects it, and it skips without a
+    GPU, so the CPU suite's run time stays the same)."""
+    return torch.device(request.param)
+
+
 @pytest.fixture()
 def store_dir(tmp_path: Path) -> Path:
     return tmp_path / "store"

@@ -13,6 +13,7 @@ from stadv.data import TensorData
 from stadv.flow import flow_loss, warp
 from stadv.metrics import summarize
 from stadv.models import predict
+from stadv.precision import precision_policy
 
 FAST = dict(max_iterations=40, flow_loss="eq5", eq5_scale="sqrt_n")
 
@@ -34,11 +35,18 @@ def test_input_not_mutated_and_no_nan(tiny_model_b: torch.nn.Module, batch) -> N
     assert float(result.adv_images.min()) >= 0 and float(result.adv_images.max()) <= 1
 
 
-def test_success_mask_agrees_with_the_model(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
-    x, y = batch
-    result = StAdv(**FAST)(tiny_model_b, x, y, targets="all")
+def test_success_mask_agrees_with_the_model(
+    tiny_model_b: torch.nn.Module,
+    batch: tuple[torch.Tensor, torch.Tensor],
+    device: torch.device,
+) -> None:
+    model = copy.deepcopy(tiny_model_b).to(device)
+    x, y = batch[0].to(device), batch[1].to(device)
+    result = StAdv(**FAST)(model, x, y, targets="all")
     assert len(result) == 9 * len(y)
-    pred = predict(tiny_model_b, result.adv_images)
+    assert result.adv_images.device.type == result.success.device.type == device.type
+    with precision_policy("fp32"):  # the verdict's precision (stadv.precision)
+        pred = predict(model, result.adv_images)
     assert torch.equal(pred, result.predictions)
     assert torch.equal(result.success, pred == result.targets)
     # The returned image is the warp of its source by the returned flow.

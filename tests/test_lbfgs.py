@@ -372,11 +372,10 @@ def test_bad_options_raise() -> None:
         lbfgs_minimize(lambda x, i: (x.sum(), x), x0)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-def test_cuda_matches_cpu() -> None:
+def test_results_stay_on_the_device_and_match_the_cpu(device: torch.device) -> None:
     x0 = rosenbrock_starts(8, 5, seed=9)
     cpu, _ = run(rosenbrock, x0)
-    gpu, _ = run(rosenbrock, x0.cuda())
-    assert gpu.x.is_cuda and gpu.iterations.is_cuda
-    assert torch.allclose(gpu.x.cpu(), cpu.x, rtol=0, atol=1e-8)
-    assert gpu.stop_reason == cpu.stop_reason
+    res, _ = run(rosenbrock, x0.to(device))
+    assert res.x.device.type == res.iterations.device.type == device.type
+    assert torch.allclose(res.x.cpu(), cpu.x, rtol=0, atol=1e-8)
+    assert res.stop_reason == cpu.stop_reason

@@ -269,8 +269,7 @@ def test_threads_overlap_the_objective_with_scipy() -> None:
     assert t_batch < t_loop / 2
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_cuda_rows_and_results_stay_on_device() -> None:
+def test_rows_and_results_stay_on_the_device(device: torch.device) -> None:
     devices: set[str] = set()
 
     def objective(x: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -278,9 +277,9 @@ def test_cuda_rows_and_results_stay_on_device() -> None:
         return Counted()(x, idx)
 
     cpu = scipy_lbfgsb_minimize(Counted(), START)
-    res = scipy_lbfgsb_minimize(objective, START.cuda())
-    assert devices == {"cuda"}
-    assert res.x.device.type == res.f.device.type == res.iterations.device.type == "cuda"
+    res = scipy_lbfgsb_minimize(objective, START.to(device))
+    assert devices == {device.type}
+    assert res.x.device.type == res.f.device.type == res.iterations.device.type == device.type
     torch.testing.assert_close(res.x.cpu(), cpu.x, rtol=0, atol=1e-8)
     assert res.stop_reason == cpu.stop_reason
 

@@ -8,6 +8,7 @@ import torch
 
 from stadv.data import TensorData
 from stadv.models import build_model
+from stadv.precision import precision_policy
 from stadv.store import (
     CheckpointError,
     checkpoint_path,
@@ -40,7 +41,7 @@ def test_trained_tiny_model_beats_chance_by_far(
 
 
 def test_checkpoint_round_trip_and_sidecar(
-    store_dir: Path, data_root: Path, mnist_test: TensorData
+    store_dir: Path, data_root: Path, mnist_test: TensorData, device: torch.device
 ) -> None:
     model, info = train_and_store(
         "B",
@@ -49,6 +50,7 @@ def test_checkpoint_round_trip_and_sidecar(
         data_dir=data_root,
         epochs=1,
         train_limit=1000,
+        device=device,
         progress=False,
     )
     path = checkpoint_path("B", "mnist", store=store_dir)
@@ -73,10 +75,16 @@ def test_checkpoint_round_trip_and_sidecar(
     loaded, info2 = load_checkpoint(path, model_name="B")
     assert info2 == info
     x = mnist_test.images[:16]
-    assert torch.equal(loaded(x), model.eval()(x))
+    assert torch.equal(loaded(x), model.eval().cpu()(x))  # the checkpoint loads on the CPU
     # load_pretrained uses the stored file (no retraining: same weights).
-    again = load_pretrained("B", dataset="mnist", store=store_dir, data_dir=data_root, device="cpu")
-    assert torch.equal(again(x), loaded(x))
+    again = load_pretrained(
+        "B", dataset="mnist", store=store_dir, data_dir=data_root, device=device
+    )
+    assert {p.device.type for p in again.parameters()} == {device.type}
+    with precision_policy("fp32"):
+        out = again(x.to(device)).cpu()
+    tol = 0.0 if device.type == "cpu" else 1e-4  # the same kernels on a CPU: bit for bit
+    torch.testing.assert_close(out, loaded(x), rtol=tol, atol=tol)
 
 
 def test_corrupt_checkpoint_is_a_clear_error_never_retrained(

@@ -7,6 +7,8 @@ that nothing was written (no tracking store, no Tune folder).
 
 from __future__ import annotations
 
+import argparse
+import re
 import socket
 import subprocess
 import sys
@@ -15,6 +17,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
@@ -59,6 +62,7 @@ def assert_refused(proc: subprocess.CompletedProcess[str], message: str, tmp_pat
         ("kappa_tau", ["--max-failures", "-5"], None, "--max-failures must be >= 0, got -5"),
         ("kappa_tau", ["--cpus-per-trial", "0"], None, "a trial needs some resource"),
         ("kappa_tau", ["--cpus-per-trial", "-1"], None, "--cpus-per-trial must be a number >= 0"),
+        ("kappa_tau", ["--gpus-per-trial", "1.5"], None, "--gpus-per-trial 1.5: above 1 it must"),
         ("kappa_tau", ["--check", "banana"], None, "check='banana' is not a valid bool"),
         ("kappa_tau", [], ("c.yaml", ""), "is empty"),
         ("kappa_tau", [], ("c.yaml", "grid: {}\n"), "'grid' is empty"),
@@ -198,3 +202,109 @@ def test_embedded_ray_of_a_smoke_sweep_listens_on_loopback_only(
     print("listening addresses seen during the sweep:", sorted(seen))
     assert seen, "no listening socket seen: the probe did not see Ray's servers"
     assert seen <= LOOPBACK, f"non-loopback listeners: {sorted(seen - LOOPBACK)}"
+
+
+# --- --gpus-per-trial: parsed, checked before any work, handed to Tune ----------------------
+
+
+def run_args(*argv: str) -> argparse.Namespace:
+    from stadv_sweeps.engine import cli
+
+    parser = cli.new_parser("kappa_tau", "")
+    cli.add_run_arguments(parser, "kappa_tau")
+    return parser.parse_args(list(argv))
+
+
+def test_gpus_per_trial_parses_as_a_float() -> None:
+    assert run_args("--gpus-per-trial", "0.25").gpus_per_trial == 0.25
+    assert run_args().gpus_per_trial is None  # Ray's cluster decides (0.5 with GPUs, else 0)
+
+
+@pytest.mark.parametrize(
+    ("argv", "cuda", "message"),
+    [
+        (["--gpus-per-trial", "-0.5"], True, "--gpus-per-trial must be a number >= 0, got -0.5"),
+        (["--gpus-per-trial", "nan"], True, "--gpus-per-trial must be a number >= 0, got nan"),
+        (["--gpus-per-trial", "1.5"], True, "--gpus-per-trial 1.5: above 1 it must be a whole"),
+        (["--gpus-per-trial", "0.25"], False, "--gpus-per-trial 0.25 asks for a GPU, but this"),
+    ],
+)
+def test_bad_gpus_per_trial_is_named(
+    argv: list[str], cuda: bool, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stadv_sweeps.engine import cli
+    from stadv_sweeps.engine.errors import SweepError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    with pytest.raises(SweepError, match=re.escape(message)):
+        cli.check_run_arguments(run_args(*argv))
+
+
+@pytest.mark.parametrize(
+    ("argv", "cuda"),
+    [
+        (["--gpus-per-trial", "0.25"], True),
+        (["--gpus-per-trial", "1"], True),
+        (["--gpus-per-trial", "2"], True),
+        (["--gpus-per-trial", "0"], False),
+        # a cluster's GPUs are the cluster's: checked once joined (tuning.resources)
+        (["--gpus-per-trial", "0.25", "--address", "10.0.0.1:6379"], False),
+    ],
+)
+def test_good_gpus_per_trial_passes(
+    argv: list[str], cuda: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from stadv_sweeps.engine import cli
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    cli.check_run_arguments(run_args(*argv))
+
+
+def test_the_trial_resources_hold_the_gpu_share(monkeypatch: pytest.MonkeyPatch) -> None:
+    from ray import tune
+
+    from stadv_sweeps.engine import tuning
+    from stadv_sweeps.engine.errors import SweepError
+
+    assert tuning.trial_resources(1, 0.25) == {"cpu": 1.0, "gpu": 0.25}
+    assert tuning.trial_resources(2, 0) == {"cpu": 2.0, "gpu": 0.0}
+    with pytest.raises(SweepError, match="--gpus-per-trial 1.5"):
+        tuning.trial_resources(1, 1.5)
+
+    class Reserved(Exception):
+        pass
+
+    seen: dict[str, float] = {}
+
+    def with_resources(trainable: object, resources: dict[str, float]) -> None:
+        seen.update(resources)
+        raise Reserved
+
+    # run_tune hands Tune exactly these resources (no Ray started: stopped at the hand-over)
+    monkeypatch.setattr(tune, "with_parameters", lambda fn, **data: fn)
+    monkeypatch.setattr(tune, "with_resources", with_resources)
+    with pytest.raises(Reserved):
+        tuning.run_tune([], {}, {}, argparse.Namespace(max_failures=0), "unused", (1.0, 0.25))
+    assert seen == {"cpu": 1.0, "gpu": 0.25}
+
+
+def test_a_trial_attacks_on_the_gpu_ray_assigned_it() -> None:
+    from stadv_sweeps.engine.trial import trial_device
+
+    assert trial_device([], cuda_available=True) == torch.device("cpu")
+    assert trial_device([], cuda_available=False) == torch.device("cpu")
+    assert trial_device(["3"], cuda_available=True) == torch.device("cuda")
+    with pytest.raises(RuntimeError, match="Ray assigned this trial GPU 3, but torch sees no"):
+        trial_device(["3"], cuda_available=False)
+
+
+def test_the_default_precision_keeps_the_trial_keys_of_older_sweeps() -> None:
+    from stadv.attack import StAdv
+    from stadv_sweeps.engine.spec import attack_options, key_options
+
+    options = attack_options(StAdv())
+    older = {k: v for k, v in options.items() if k != "precision"}  # before the option was
+    assert options["precision"] == "fp32"
+    assert key_options(options) == dict(sorted(older.items()))
+    assert list(key_options(options)) == sorted(older)
+    assert key_options(attack_options(StAdv(precision="tf32")))["precision"] == "tf32"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import math
 
+import torch
+
 from stadv_sweeps.engine.errors import SweepError
 
 #: How long the driver waits for a Ray address or a tracking server to answer.
@@ -48,8 +50,9 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: str) -> None:
     r.add_argument(
         "--gpus-per-trial",
         type=float,
-        help="GPU fraction per trial, e.g. 0.25: four trials share a GPU "
-        "(default 0.5 when the cluster has GPUs, else 0)",
+        help="GPUs per trial: a fraction in (0, 1] shares a GPU (0.25: four trials on one "
+        "GPU, each attacking on the GPU Ray assigned it), a whole number above 1 gives a "
+        "trial several; 0 runs on CPUs (default 0.5 when the cluster has GPUs, else 0)",
     )
     r.add_argument(
         "--max-failures", type=int, default=2, help="retries of a failed trial (default 2)"
@@ -63,13 +66,37 @@ def add_run_arguments(p: argparse.ArgumentParser, sweep: str) -> None:
     )
 
 
+def check_gpus_per_trial(gpus: float, *, local: bool) -> float:
+    """``--gpus-per-trial`` as Ray can schedule it: 0, a fraction in (0, 1] or a whole number;
+    ``SweepError`` naming the value otherwise.
+
+    Ray shares a GPU only in fractions of one (a trial cannot hold 1.5 GPUs). ``local`` (no
+    ``--address``: the sweep starts its own Ray on this machine) also refuses a GPU share when
+    this machine has no CUDA device, before any work, instead of trials that never start.
+    """
+    if not math.isfinite(gpus) or gpus < 0:
+        raise SweepError(f"--gpus-per-trial must be a number >= 0, got {gpus!r}")
+    if gpus > 1 and not float(gpus).is_integer():
+        raise SweepError(
+            f"--gpus-per-trial {gpus!r}: above 1 it must be a whole number of GPUs "
+            "(Ray shares a GPU only in fractions of one)"
+        )
+    if local and gpus > 0 and not torch.cuda.is_available():
+        raise SweepError(
+            f"--gpus-per-trial {gpus!r} asks for a GPU, but this machine has none "
+            "(torch.cuda.is_available() is false): leave it at 0, or join a cluster with GPUs "
+            "(--address)"
+        )
+    return float(gpus)
+
+
 def check_run_arguments(args: argparse.Namespace) -> None:
     """The "where it runs" values in range, before Ray starts (``SweepError`` naming them)."""
     cpus, gpus = args.cpus_per_trial, args.gpus_per_trial
     if not math.isfinite(cpus) or cpus < 0:
         raise SweepError(f"--cpus-per-trial must be a number >= 0, got {cpus!r}")
-    if gpus is not None and (not math.isfinite(gpus) or gpus < 0):
-        raise SweepError(f"--gpus-per-trial must be a number >= 0, got {gpus!r}")
+    if gpus is not None:
+        check_gpus_per_trial(gpus, local=not args.address)
     if cpus == 0 and (gpus is None or gpus == 0):
         raise SweepError(
             f"a trial needs some resource: --cpus-per-trial {cpus:g} with no "

@@ -101,6 +101,17 @@ def parse_option(attack: str, name: str, value: Any, where: str = "") -> Any:
         raise SweepError(f"{where}{err}") from None
 
 
+#: Options left out of a trial key at these values: options added after sweeps had run, at the
+#: default that reproduces those sweeps' CPU trials bit for bit (the precision policy's flags
+#: are CUDA's), so their trials keep their keys and resume; any other value enters the key.
+KEY_NEUTRAL = {"precision": "fp32"}
+
+
+def key_options(options: Mapping[str, Any]) -> dict[str, Any]:
+    """An attack's options as a trial key holds them: sorted, :data:`KEY_NEUTRAL` values out."""
+    return {k: v for k, v in sorted(options.items()) if k not in KEY_NEUTRAL or KEY_NEUTRAL[k] != v}
+
+
 def digest(ident: Mapping[str, Any]) -> str:
     """A stable 16-hex-digit hash of a JSON-able mapping (trial keys)."""
     return hashlib.sha256(json.dumps(ident, sort_keys=True).encode()).hexdigest()[:16]

@@ -83,8 +83,7 @@ def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     for r in previous:  # a killed or failed attempt: its partial run must not linger
         client.delete_run(r.info.run_id)
 
-    gpu_ids = ray.get_gpu_ids()
-    device = torch.device("cuda" if gpu_ids and torch.cuda.is_available() else "cpu")
+    device = trial_device(ray.get_gpu_ids(), cuda_available=torch.cuda.is_available())
     device_name = (
         torch.cuda.get_device_name(device)
         if device.type == "cuda"
@@ -121,6 +120,22 @@ def run_trial(config: dict[str, Any], data: dict[str, Any]) -> None:
     _stop(monitor)
     client.set_terminated(run_id, "FINISHED")
     tune.report({**metrics, "mlflow_run_id": run_id, "reused": 0})
+
+
+def trial_device(gpu_ids: list[Any], *, cuda_available: bool) -> torch.device:
+    """Where a trial attacks: ``cuda`` (the first GPU Ray assigned it, which Ray made the
+    process's only visible one through ``CUDA_VISIBLE_DEVICES``) when it holds a GPU share
+    (``gpu_ids``, :func:`ray.get_gpu_ids`) and CUDA works here, else the CPU. A trial with a
+    GPU share on a node without a working CUDA runtime is an error, not a silent CPU run
+    that the sweep's resources would misreport."""
+    if not gpu_ids:
+        return torch.device("cpu")
+    if not cuda_available:
+        raise RuntimeError(
+            f"Ray assigned this trial GPU {', '.join(map(str, gpu_ids))}, but torch sees no "
+            "CUDA device here"
+        )
+    return torch.device("cuda")
 
 
 def _system_metrics(run_id: str, uri: str) -> SystemMetricsMonitor | None:

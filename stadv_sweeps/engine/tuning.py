@@ -23,7 +23,7 @@ from typing import Any
 import ray
 from ray import tune
 
-from stadv_sweeps.engine.cli import CONNECT_TIMEOUT_S
+from stadv_sweeps.engine.cli import CONNECT_TIMEOUT_S, check_gpus_per_trial
 from stadv_sweeps.engine.errors import SweepError
 from stadv_sweeps.engine.spec import Point
 from stadv_sweeps.engine.trial import run_trial
@@ -158,6 +158,16 @@ def resources(args: argparse.Namespace) -> tuple[float, float]:
     return float(args.cpus_per_trial), float(gpus)
 
 
+def trial_resources(cpus: float, gpus: float) -> dict[str, float]:
+    """What Tune reserves for one trial (``tune.with_resources``): ``cpus`` CPUs and ``gpus``
+    GPUs, a fraction of one shared with other trials (0.25: four trials per GPU) or a whole
+    number (checked: :func:`~stadv_sweeps.engine.cli.check_gpus_per_trial`). Ray sets each
+    trial's ``CUDA_VISIBLE_DEVICES`` to the GPU it assigned, where the trial attacks
+    (:func:`~stadv_sweeps.engine.trial.trial_device`); with no GPU share a trial sees none
+    and runs on its CPUs."""
+    return {"cpu": float(cpus), "gpu": check_gpus_per_trial(gpus, local=False)}
+
+
 def tune_storage(storage_path: str, experiment: str) -> str:
     """Where Tune keeps this experiment's state: ``<storage_path>/<experiment>``.
 
@@ -183,7 +193,7 @@ def run_tune(
     store with the models and images)."""
     cpus, gpus = per_trial
     trainable = tune.with_resources(
-        tune.with_parameters(run_trial, data=data), {"cpu": cpus, "gpu": gpus}
+        tune.with_parameters(run_trial, data=data), trial_resources(cpus, gpus)
     )
     tuner = tune.Tuner(
         trainable,

@@ -36,7 +36,14 @@ from stadv.options import check_choice
 from stadv.registry import ATTACKS
 from stadv.registry import label as attack_label
 from stadv_sweeps.engine.errors import SweepError
-from stadv_sweeps.engine.spec import MODEL_COST, Point, check_common, digest, make_attack
+from stadv_sweeps.engine.spec import (
+    MODEL_COST,
+    Point,
+    check_common,
+    digest,
+    key_options,
+    make_attack,
+)
 from stadv_sweeps.engine.spec import attack_options as spec_attack_options
 
 #: How the tables name things (from the registries: a new attack or defense brings its label).
@@ -311,7 +318,7 @@ def trial_key(spec: DefenseSpec, model: str, defense: str, attack: str, options:
         "n_images": spec.n_images,
         "targets": attack_targets(attack, spec.targets),
         "smoke": spec.smoke,
-        "options": dict(sorted(options.items())),
+        "options": key_options(options),
     }
     return digest(ident)
 

@@ -43,6 +43,7 @@ from stadv_sweeps.engine.spec import (
     config_models,
     digest,
     fmt,
+    key_options,
     load_config,
     make_attack,
     parse_option,
@@ -110,7 +111,7 @@ def trial_key(spec: SweepSpec, model: str, options: Mapping[str, Any]) -> str:
         "n_images": spec.n_images,
         "targets": spec.targets,
         "smoke": spec.smoke,
-        "options": dict(sorted(options.items())),
+        "options": key_options(options),
     }
     if spec.attack != "stadv":
         ident["attack"] = spec.attack
