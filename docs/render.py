@@ -351,7 +351,40 @@ def few_pixel(recs: Records) -> str:
     return table(["pixels, goal (20 images)", *MODELS], rows)
 
 
+def frontier(recs: Records) -> str:
+    """stAdv's schedules (benchmarks/frontier.py records), cheapest first, per model."""
+    rows = []
+    found = [r for k, r in recs.items() if k.startswith("frontier/")]
+    for rec in sorted(
+        found, key=lambda r: (r.tags.get("model", ""), r.stats["evaluations_per_attack"])
+    ):
+        rows.append(
+            [
+                rec.tags.get("model", "?"),
+                f"`{rec.tags.get('schedule', '?')}`",
+                rate(rec),
+                num(rec.stats["mean_flow_loss_common"]),
+                num(rec.stats["evaluations_per_attack"]),
+                f"{rec.stats.get('evaluations_vs_converged', float('nan')):.2f}x",
+                f"{rec.stats.get('flow_loss_vs_converged', float('nan')):.3f}",
+                num(rec.stats["attacks_per_s"]),
+            ]
+        )
+    head = [
+        "model",
+        "schedule",
+        "targeted success",
+        "mean L_flow (common successes)",
+        "evaluations / attack",
+        "fewer evaluations than converged",
+        "L_flow / converged's",
+        "attacks/s",
+    ]
+    return table(head, rows) if rows else "No frontier records yet.\n"
+
+
 TABLES: dict[str, Callable[[Records], str]] = {
+    "frontier": frontier,
     "new-attacks": new_attacks,
     "few-pixel": few_pixel,
     "table1": table1,

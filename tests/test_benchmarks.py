@@ -328,6 +328,7 @@ def test_frontier_rows_and_figure(
         "--model", "B", "--store", str(bench_store), "--data-dir", str(data_root),
         "--n-images", "1", "--device", "cpu", "--max-iterations", "60",
         "--schedules", *schedules, "--json", str(out), "--figure", str(png),
+        "--record", str(tmp_path / "records"),
     ]  # fmt: skip
     proc = run_script(cmd, data_source)
     rows = {r["schedule"]: r for r in json.loads(out.read_text())["rows"]}
@@ -344,3 +345,7 @@ def test_frontier_rows_and_figure(
     )
     assert conv["flow_loss_vs_converged"] == pytest.approx(1.0)
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for name in schedules:  # one record per schedule, its success the row's
+        record = json.loads((tmp_path / "records" / f"B-{name}.json").read_text())
+        assert (record["n"], record["successes"]) == (9, rows[name]["successes"])
+        assert record["command"].startswith("python benchmarks/frontier.py --model B")
