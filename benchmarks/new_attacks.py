@@ -43,11 +43,14 @@ from __future__ import annotations
 
 import argparse
 import importlib.metadata
+import importlib.util
 import json
 import math
 import os
 import platform
+import shlex
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -69,6 +72,7 @@ from stadv.jsma import JSMA
 from stadv.metrics import wilson_interval
 from stadv.model_mode import prepared_model
 from stadv.models import build_model
+from stadv.records import make_record, write_record
 from stadv.store import load_pretrained
 from stadv.targets import expand_targets
 from stadv.train import train_model
@@ -388,6 +392,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--store", default=None, help="model store (without --quick-model)")
     p.add_argument("--data-dir", default=None, help="data root (default: the library's)")
     p.add_argument("--json", default=None, help="write the results as JSON here")
+    p.add_argument("--record", default=None, help="write one record per row into this folder")
     args = p.parse_args(argv)
     for name in ("n_images", "threads", "de_generations"):
         if getattr(args, name) < 1:
@@ -398,6 +403,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         p.error(f"--de-max-batch must be >= 1, got {args.de_max_batch}")
     if any(k < 1 for k in args.pixels):
         p.error(f"--pixels must be >= 1, got {args.pixels}")
+    if "torchattacks" in args.implementations and importlib.util.find_spec("torchattacks") is None:
+        p.error(
+            "torchattacks is not installed: `pip install --no-deps torchattacks` (it pins "
+            "requests<2.26, which MLflow cannot use, so it is not in the bench extra), or leave "
+            "it out with --implementations stadv scipy"
+        )
     return args
 
 
@@ -413,7 +424,42 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if args.json:
         with open(args.json, "w") as f:
             json.dump(report, f, indent=2)
+    if args.record:
+        command = shlex.join(["python", "benchmarks/new_attacks.py", *(argv or sys.argv[1:])])
+        write_records(report, Path(args.record), command, str(args.model))
     return report
+
+
+def write_records(
+    report: dict[str, Any], folder: Path, command: str, model: str, commit: str | None = None
+) -> list[Path]:
+    """One record per (attack, implementation) row: success over the attacked images, the
+    row's statistic and throughput as ``stats``; ``folder/compare-<model>-<attack>-<impl>.json``."""
+    paths = []
+    for row in report["rows"]:
+        stats = {
+            k: float(v)
+            for k, v in row.items()
+            if k not in ("n", "successes", "success", "success_ci_low", "success_ci_high")
+            and isinstance(v, (int, float))
+            and not isinstance(v, bool)
+            and math.isfinite(v)
+        }
+        attack, impl = str(row["attack"]), str(row["implementation"])
+        made = make_record(
+            what=f"{attack} by {impl} on the first {row['n']} correctly classified test images "
+            f"of model {model} ({row['statistic']} over the successful attacks)",
+            command=command,
+            n=int(row["n"]),
+            successes=int(row["successes"]),
+            seconds=float(row["seconds"]),
+            stats=stats,
+            tags={"model": model, "attack": attack, "implementation": impl},
+            notes=str(row.get("notes", "")),
+            commit=commit,
+        )
+        paths.append(write_record(made, folder / f"compare-{model}-{attack}-{impl}.json"))
+    return paths
 
 
 def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:

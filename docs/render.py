@@ -340,6 +340,26 @@ def new_attacks(recs: Records) -> str:
     return table(["attack", "paper (LeNet)", *MODELS], rows)
 
 
+def attack_libraries(recs: Records) -> str:
+    """Each new attack beside a maintained library's, same model and images (new_attacks.py)."""
+    rows = []
+    for key in sorted(k for k in recs if k.startswith("new_attacks/compare-")):
+        rec = recs[key]
+        mean = rec.stats.get("statistic_successful_mean")
+        rows.append(
+            [
+                rec.tags.get("model", "?"),
+                rec.tags.get("attack", "?"),
+                rec.tags.get("implementation", "?"),
+                rate(rec),
+                "n/a" if mean is None else f"{mean:.4f}",
+                num(rec.stats["attacks_per_second"]),
+            ]
+        )
+    head = ["model", "attack", "implementation", "success", "statistic (mean)", "attacks/s"]
+    return table(head, rows) if rows else "No comparison records yet.\n"
+
+
 def few_pixel(recs: Records) -> str:
     """Few-pixel DE success per k, untargeted and towards one random target, per model."""
     rows = []
@@ -387,6 +407,7 @@ TABLES: dict[str, Callable[[Records], str]] = {
     "frontier": frontier,
     "new-attacks": new_attacks,
     "few-pixel": few_pixel,
+    "attack-libraries": attack_libraries,
     "table1": table1,
     "readings": readings,
     "line-search": line_search,
