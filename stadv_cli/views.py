@@ -68,8 +68,7 @@ def run_views(args: argparse.Namespace) -> int:
     check_flags(args, ints={"--max-points": 1, "--examples": 1})
     folder = Path(args.folder)
     summary = _summary(folder)
-    if summary["dataset"] != args.dataset:
-        args.dataset = str(summary["dataset"])
+    args.dataset = str(summary["dataset"])  # the run's data set, whatever --dataset says
     blocks = sorted((folder / "blocks").glob("images_*.pt"))
     if not blocks:
         raise ValueError(f"{folder / 'blocks'} holds no saved blocks of the run")
