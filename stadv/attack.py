@@ -73,6 +73,7 @@ Keep = Literal["best", "last"]
 Stop = Literal["converged", "first-success"]
 Wolfe = Literal["strong", "weak"]
 LossInput = Literal["logits", "softmax"]
+Batching = Literal["continuous", "chunks"]
 
 #: The Literal options of :class:`StAdv` and their allowed values.
 CHOICES: dict[str, tuple[str, ...]] = {
@@ -88,6 +89,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "padding": PADDINGS,
     "loss_input": get_args(LossInput),
     "precision": PRECISIONS,
+    "batching": get_args(Batching),
 }
 
 #: Default ``init_scale`` per initialisation: Gaussian std (the public reproduction's fix) and
@@ -186,6 +188,13 @@ class StAdv:
         num_classes: classes of the model [10].
         seed: seeds the initialisation and the ``"random"`` target protocol [0].
         batch_size: attacks solved together [256]; results do not depend on it.
+        batching: how attacks share the batch, ``"continuous"`` or ``"chunks"`` [None: continuous
+            with ``solver="lbfgs"``, the only solver that has it; chunks otherwise].
+            ``"chunks"`` solves ``batch_size`` attacks at a time, each chunk to its last attack,
+            so a chunk's tail runs at a small batch; ``"continuous"`` keeps ``batch_size`` attacks
+            in flight and a new attack joins as soon as one finishes (its first evaluation rides
+            in the same model call), so only the last ``batch_size`` attacks form a tail
+            (``lbfgs_minimize(max_active=)``). Results do not depend on it.
         device: where to run [None: the images' device]. Set by the runtime, not an option of
             the schema (:mod:`stadv.options`).
         check: run the sanity checks (probabilities, zero gradients) and warn [True].
@@ -238,10 +247,11 @@ class StAdv:
     device: str | None = field(default=None, metadata={"option": False})
     check: bool = True
     precision: Precision = "fp32"
+    batching: Batching | None = None
 
     def __post_init__(self) -> None:
         for name, allowed in CHOICES.items():
-            if name == "wolfe" and self.wolfe is None:
+            if name in ("wolfe", "batching") and getattr(self, name) is None:
                 continue
             object.__setattr__(self, name, check_choice(name, getattr(self, name), allowed))
         for name in (
@@ -280,6 +290,11 @@ class StAdv:
         if self.wolfe == "weak" and self.solver in ("scipy", "scipy-loop"):
             raise ValueError(
                 f"wolfe='weak' needs solver='lbfgs' (SciPy's search is strong), got {self.solver!r}"
+            )
+        if self.batching == "continuous" and self.solver != "lbfgs":
+            raise ValueError(
+                f"batching='continuous' needs solver='lbfgs', got {self.solver!r} "
+                "(leave batching at None or 'chunks')"
             )
         if self.flow_loss == "eq4" and self.eq5_scale != "none":
             raise ValueError(f"eq5_scale={self.eq5_scale!r} only applies to flow_loss='eq5'")
@@ -329,6 +344,13 @@ class StAdv:
         return "weak" if self.solver == "lbfgs" else "strong"
 
     @property
+    def effective_batching(self) -> Batching:
+        """How attacks share the batch (``batching``, or the solver's default)."""
+        if self.batching is not None:
+            return self.batching
+        return "continuous" if self.solver == "lbfgs" else "chunks"
+
+    @property
     def effective_init_scale(self) -> float:
         return DEFAULT_INIT_SCALE[self.init] if self.init_scale is None else float(self.init_scale)
 
@@ -357,8 +379,10 @@ class StAdv:
         flows: list[torch.Tensor] = []
         solved: list[SolverResult] = []
         restarted = [0] * self.restarts
-        for lo in range(0, xs.shape[0], self.batch_size):
-            hi = min(lo + self.batch_size, xs.shape[0])
+        # continuous batching: one solver run over all attacks, batch_size of them in flight
+        step = xs.shape[0] if self.effective_batching == "continuous" else self.batch_size
+        for lo in range(0, xs.shape[0], max(step, 1)):
+            hi = min(lo + step, xs.shape[0])
             flow, res, reruns = self._attack_chunk(
                 net, xs[lo:hi], ys[lo:hi], None if ts is None else ts[lo:hi]
             )
@@ -531,6 +555,7 @@ class StAdv:
                 max_linesearch=self.max_linesearch,
                 wolfe=self.effective_wolfe,
                 should_stop=should_stop,
+                max_active=self.batch_size if self.effective_batching == "continuous" else None,
             )
         if self.solver in ("scipy", "scipy-loop"):
             from stadv.solvers.scipy_lbfgsb import scipy_lbfgsb_minimize

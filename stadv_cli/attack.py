@@ -268,12 +268,13 @@ def _block_key(
         "model_digest": digest,
         "dataset": args.dataset,
         "targets": args.targets,
-        # batch_size and device do not change the results: a run may resume on another machine;
+        # batch_size, batching and device do not change the results: a run may resume on another
+        # machine;
         # the default precision is left out so that blocks saved before the option resume
         "params": {
             k: v
             for k, v in _params(attack).items()
-            if k not in ("batch_size", "device") and (k, v) != ("precision", "fp32")
+            if k not in ("batch_size", "batching", "device") and (k, v) != ("precision", "fp32")
         },
     }
 

@@ -80,7 +80,9 @@ def test_batch_equals_one_by_one(tiny_model_b: torch.nn.Module, batch, solver: s
     # float64 that noise is ~1e-16 and every flow must agree; in float32 the success mask must.
     x, y = batch[0][:3], batch[1][:3]
     attack = StAdv(solver=solver, kappa=0.5, **FAST)
-    chunked_attack = StAdv(solver=solver, kappa=0.5, batch_size=5, **FAST)
+    chunked_attack = StAdv(solver=solver, kappa=0.5, batch_size=5, batching="chunks", **FAST)
+    # lbfgs: 5 attacks in flight, the others joining as they finish (continuous batching)
+    flowing_attack = StAdv(solver=solver, kappa=0.5, batch_size=5, **FAST)
     objective = lambda r: r.margin.clamp(min=-0.5) + 0.05 * r.flow_loss  # noqa: E731
     for dtype in (torch.float64, torch.float32):
         model = copy.deepcopy(tiny_model_b).to(dtype)
@@ -88,8 +90,9 @@ def test_batch_equals_one_by_one(tiny_model_b: torch.nn.Module, batch, solver: s
         together = attack(model, xd, y, targets="all")
         alone = [attack(model, xd[i : i + 1], y[i : i + 1], targets="all") for i in range(len(y))]
         chunked = chunked_attack(model, xd, y, targets="all")
+        flowing = flowing_attack(model, xd, y, targets="all")
         assert together.success.float().mean() > 0.5
-        for other in (alone, [chunked]):
+        for other in (alone, [chunked], [flowing]):
             assert torch.equal(together.success, torch.cat([r.success for r in other]))
             if dtype != torch.float64:
                 continue
@@ -318,6 +321,11 @@ def test_restarts_resolve_only_the_failed_attacks(tiny_model_b: torch.nn.Module,
         ({"restart_scale": -0.1}, "restart_scale must be a finite number >= 0, got -0.1"),
         ({"flow_loss": "eq4", "eq5_scale": "n"}, "only applies to flow_loss='eq5'"),
         ({"loss_input": "probs"}, "unknown loss_input 'probs'"),
+        ({"batching": "dynamic"}, "unknown batching 'dynamic'"),
+        (
+            {"batching": "continuous", "solver": "adam"},
+            "batching='continuous' needs solver='lbfgs'",
+        ),
     ],
 )
 def test_bad_values_raise(kw: dict[str, object], match: str) -> None:

@@ -33,6 +33,7 @@ TOP_KEYS = {
     "speedup_vs_advertorch",
     "speedup_vs_scipy_loop",
     "speedup_vs_scipy_batched",
+    "speedup_continuous_vs_chunks",
     "matmul_peak_gflops",
     "model_forward_flops_per_image",
     "model_flops_per_image_evaluation",
@@ -163,7 +164,7 @@ def check_rows(report: dict[str, Any], methods: list[str]) -> dict[str, dict[str
 def test_throughput_lbfgs_vs_scipy_loop(
     bench_store: Path, data_root: Path, data_source: Path, tmp_path: Path
 ) -> None:
-    methods = ["lbfgs", "lbfgs-strong", "lbfgs-first-success", "scipy-loop"]
+    methods = ["lbfgs", "lbfgs-chunks", "lbfgs-strong", "lbfgs-first-success", "scipy-loop"]
     methods += ["scipy-loop-first-success"]
     report, stdout = run_benchmark(
         bench_store, data_root, data_source, tmp_path / "out.json", methods, repeats=2
@@ -177,6 +178,14 @@ def test_throughput_lbfgs_vs_scipy_loop(
         rows["lbfgs"]["attacks_per_second"] / rows["scipy-loop"]["attacks_per_second"],
         rel_tol=1e-9,
     )
+    assert math.isclose(
+        report["speedup_continuous_vs_chunks"],
+        rows["lbfgs"]["attacks_per_second"] / rows["lbfgs-chunks"]["attacks_per_second"],
+        rel_tol=1e-9,
+    )
+    # continuous batching and chunks solve the same attacks: same successes, same work
+    for key in ("targeted_success_rate", "mean_iterations"):
+        assert rows["lbfgs"][key] == pytest.approx(rows["lbfgs-chunks"][key], rel=0.05)
     assert report["speedup_vs_advertorch"] is None  # not run: the key is there, null
     assert report["speedup_vs_scipy_batched"] is None
     assert set(report["goals"]) == {"scipy-loop"}

@@ -168,6 +168,41 @@ def test_batch_equals_single_runs() -> None:
         assert single.stop_reason[0] == batch.stop_reason[i]
 
 
+@pytest.mark.parametrize("wolfe", ["strong", "weak"])
+def test_continuous_batching_gives_each_problem_its_own_result(wolfe: str) -> None:
+    """``max_active``: problems join as others finish; every problem's run is unchanged."""
+    x0 = rosenbrock_starts(23, 5, seed=11)
+    x0[4] = 1.0  # stops at x0 (pgtol): its slot goes to the next problem at once
+    everything, _ = run(rosenbrock, x0, wolfe=wolfe)
+    assert len(set(everything.iterations.tolist())) > 3
+    for k in (1, 4, 22):
+        res, objective = run(rosenbrock, x0, wolfe=wolfe, max_active=k)
+        assert torch.equal(res.x, everything.x) and torch.equal(res.f, everything.f)
+        assert torch.equal(res.iterations, everything.iterations)
+        assert torch.equal(res.evaluations, everything.evaluations)
+        assert res.stop_reason == everything.stop_reason
+        # never more than k problems in a call; each problem is evaluated exactly
+        # evaluations[i] times, first when it joins (in index order), and never after it stops
+        assert max(len(call) for call in objective.calls) <= k
+        assert sum(len(call) for call in objective.calls) == int(res.evaluations.sum())
+        firsts = [next(c for c, call in enumerate(objective.calls) if i in call) for i in range(23)]
+        assert firsts == sorted(firsts)
+        # the batch stays full while problems wait: every call before the last problem joins
+        # holds k problems
+        last_join = firsts[-1]
+        assert all(len(call) == k for call in objective.calls[:last_join])
+
+
+def test_continuous_batching_fills_the_batch_that_chunks_leave_half_empty() -> None:
+    x0 = rosenbrock_starts(24, 5, seed=12)
+    _, continuous = run(rosenbrock, x0, max_active=8)
+    chunk_calls = [run(rosenbrock, x0[lo : lo + 8])[1].calls for lo in range(0, 24, 8)]
+    chunked = [call for calls in chunk_calls for call in calls]
+    # the same evaluations in fewer, fuller calls
+    assert sum(map(len, continuous.calls)) == sum(map(len, chunked))
+    assert len(continuous.calls) < len(chunked)
+
+
 def test_finished_problems_are_not_evaluated_again() -> None:
     x0 = rosenbrock_starts(6, 4, seed=4)
     x0[2] = 1.0  # the minimiser: pgtol at x0
@@ -363,6 +398,7 @@ def test_bad_options_raise() -> None:
         dict(max_evaluations=0),
         dict(wolfe_c1=0.95),
         dict(wolfe="medium"),
+        dict(max_active=0),
     ):
         with pytest.raises(ValueError, match=next(iter(kwargs))):
             lbfgs_minimize(Recorded(rosenbrock), x0, **kwargs)  # type: ignore[arg-type]

@@ -113,6 +113,7 @@ def lbfgs_minimize(
     wolfe_c2: float = 0.9,
     wolfe: str = "strong",
     should_stop: StopFn | None = None,
+    max_active: int | None = None,
 ) -> SolverResult:
     """Minimise N independent problems with L-BFGS (SciPy's L-BFGS-B semantics, no bounds).
 
@@ -135,6 +136,15 @@ def lbfgs_minimize(
             (``g(a)^T d >= c2 g^T d``, for non-smooth objectives; see the module docstring).
         should_stop: optional ``(K,) int64 -> (K,) bool``, asked after each accepted step for the
             problems still running; True stops a problem with ``"callback"``.
+        max_active: continuous batching: at most this many problems in flight at once
+            (default None: all N from the start). Problems join in index order as others
+            finish: a joining problem's first evaluation (at ``x0``) rides in the same
+            objective call as the running problems' trial points, so the batch stays full until
+            the queue is empty and only the last ``max_active`` problems form a tail. The
+            curvature histories are ``max_active`` slots reused by the problems that join, so
+            memory is that of a ``max_active`` batch (plus O(N D) for iterates and gradients).
+            Each problem's result is the same as with any other ``max_active``: problems are
+            independent.
 
     Returns:
         :class:`SolverResult`: ``x`` (N, D) and ``f`` (N,) in ``x0``'s dtype and device (the last
@@ -159,6 +169,7 @@ def lbfgs_minimize(
         wolfe_c1=wolfe_c1,
         wolfe_c2=wolfe_c2,
         wolfe=wolfe,
+        max_active=max_active,
     )
     weak = wolfe == "weak"
     n, dim = x0.shape
@@ -172,39 +183,76 @@ def lbfgs_minimize(
     reason = torch.full((n,), _RUNNING, dtype=i64, device=dev)
     if n == 0:
         return SolverResult(x, x.new_zeros(0), iterations, evaluations, ())
+    slots = n if max_active is None else min(max_active, n)
 
-    all_rows = torch.arange(n, device=dev)
-    f_raw, g_raw = _evaluate(objective, x, all_rows)
-    f, g = f_raw.to(f64).clone(), g_raw.clone()  # updated in place below: own the storage
-    evaluations += 1
-    finite = torch.isfinite(f) & torch.isfinite(g).all(dim=1)
-    reason = torch.where(finite, reason, _NOT_FINITE)
-    reason = _stop_if(reason, g.abs().amax(dim=1) <= pgtol, _PGTOL)
-    if max_iterations == 0:
-        reason = _stop_if(reason, torch.ones_like(finite), _MAX_ITERATIONS)
-
-    # History ring buffers: slot ``head`` is written next, ``count`` slots are in use.
-    s_hist = torch.zeros(n, history, dim, dtype=dt, device=dev)
+    # Per-problem state; a problem's values are set when it joins (its first evaluation).
+    f = torch.zeros(n, dtype=f64, device=dev)
+    g = torch.zeros_like(x)
+    d = torch.zeros_like(x)
+    stp = torch.zeros(n, dtype=f64, device=dev)
+    search = _Search.empty(n, dev)
+    # History ring buffers, one slot per problem in flight: slot ``head`` is written next,
+    # ``count`` slots are in use (a problem joins with ``count = 0``, so a reused slot's old
+    # pairs are masked out).
+    s_hist = torch.zeros(slots, history, dim, dtype=dt, device=dev)
     y_hist = torch.zeros_like(s_hist)
-    rho = torch.zeros(n, history, dtype=f64, device=dev)
+    rho = torch.zeros(slots, history, dtype=f64, device=dev)
+    slot = torch.zeros(n, dtype=i64, device=dev)  # each problem's history slot
     gamma = torch.ones(n, dtype=f64, device=dev)
     count = torch.zeros(n, dtype=i64, device=dev)
     head = torch.zeros(n, dtype=i64, device=dev)
-
-    start = _start_search(g, -g, f, count, iterations, wolfe_c1)
-    reason = _stop_if(reason, start.failed, _LINE_SEARCH)
-    d, stp, search = start.d.clone(), start.stp.clone(), start.search.clone()
     ls_evals = torch.zeros(n, dtype=i64, device=dev)
-    active = reason == _RUNNING
+    active = torch.zeros(n, dtype=torch.bool, device=dev)
     # Like SciPy's objective wrapper, remember each problem's last evaluated point: a trial that
     # lands on it exactly (a step lost in rounding, or dcsrch asking again for stp = stx) is
     # answered from memory. It still counts as a line-search step, not as an evaluation.
-    f_last, g_last = f.clone(), g.clone()
-    cached = (x + stp.to(dt).unsqueeze(1) * d == x).all(dim=1)
+    f_last, g_last = torch.zeros_like(f), torch.zeros_like(g)
+    cached = torch.zeros(n, dtype=torch.bool, device=dev)
+
+    def join(rows: Tensor, f_raw: Tensor, g_raw: Tensor) -> None:
+        """Problems ``rows`` start: their value and gradient at ``x0``, tests, first search."""
+        f_new, g_new = f_raw.to(f64), g_raw
+        f[rows], g[rows] = f_new, g_new
+        evaluations[rows] = 1
+        finite = torch.isfinite(f_new) & torch.isfinite(g_new).all(dim=1)
+        code = torch.where(finite, _RUNNING, _NOT_FINITE)
+        code = _stop_if(code, g_new.abs().amax(dim=1) <= pgtol, _PGTOL)
+        if max_iterations == 0:
+            code = _stop_if(code, torch.ones_like(finite), _MAX_ITERATIONS)
+        start = _start_search(g_new, -g_new, f_new, count[rows], iterations[rows], wolfe_c1)
+        code = _stop_if(code, start.failed, _LINE_SEARCH)
+        reason[rows] = code
+        d[rows], stp[rows] = start.d, start.stp
+        search.put(rows, start.search)
+        active[rows] = code == _RUNNING
+        f_last[rows], g_last[rows] = f_new, g_new
+        x_rows = x[rows]
+        cached[rows] = (x_rows + start.stp.to(dt).unsqueeze(1) * start.d == x_rows).all(dim=1)
+
+    # Slots are handed out on the host, from the one sync of a round (which problems still run).
+    # The first ``slots`` problems join at once (all N without continuous batching).
+    first = torch.arange(slots, device=dev)
+    slot[first] = first
+    join(first, *_evaluate(objective, x[first], first))
+    queued = slots  # problems [0, queued) have joined
+    holder = {i: i for i in range(slots)}  # problem -> slot, for those that may still run
+    free: list[int] = []
 
     while True:
         idx, fresh = _round_rows(active, cached)  # the one host sync of a round
-        if idx.numel() == 0:
+        joining = idx.new_zeros(0)
+        if queued < n:  # continuous batching: finished problems hand their slots on
+            running = set(idx.tolist())
+            for i in [i for i in holder if i not in running]:
+                free.append(holder.pop(i))
+            k = min(len(free), n - queued)
+            if k > 0:
+                joining = torch.arange(queued, queued + k, device=dev)
+                taken, free = free[:k], free[k:]
+                holder.update(zip(range(queued, queued + k), taken, strict=True))
+                slot[joining] = torch.tensor(taken, dtype=i64).to(dev)
+                queued += k
+        if idx.numel() == 0 and joining.numel() == 0:
             break
         xi, fi, gi, di, stp_i = x[idx], f[idx], g[idx], d[idx], stp[idx]
         st_i = search.take(idx)
@@ -214,10 +262,18 @@ def lbfgs_minimize(
         # One objective call for the trial points of all problems in a line search.
         x_try = xi + stp_i.to(dt).unsqueeze(1) * di
         f_try, g_try = f_last[idx], g_last[idx]
-        if fresh.numel() > 0:
-            f_raw, g_raw = _evaluate(objective, x_try[fresh], idx[fresh])
-            f_try[fresh], g_try[fresh] = f_raw.to(f64), g_raw
+        if fresh.numel() > 0 or joining.numel() > 0:
+            # the joining problems' first evaluation rides in the running problems' call
+            m = fresh.numel()
+            f_raw, g_raw = _evaluate(
+                objective, torch.cat([x_try[fresh], x[joining]]), torch.cat([idx[fresh], joining])
+            )
+            f_try[fresh], g_try[fresh] = f_raw[:m].to(f64), g_raw[:m]
             ev_i[fresh] += 1
+            if joining.numel() > 0:
+                join(joining, f_raw[m:], g_raw[m:])
+        if idx.numel() == 0:
+            continue
         gd_try = _dot(g_try, di)
         finite = torch.isfinite(f_try) & torch.isfinite(g_try).all(dim=1)
         done, stp_next, st_next = _dcsrch(f_try, gd_try, stp_i, st_i, wolfe_c2, weak)
@@ -250,9 +306,10 @@ def lbfgs_minimize(
         yy = _dot(y_new, y_new)
         s_new = stp_i.to(dt).unsqueeze(1) * di
         keep2 = keep.unsqueeze(1)
-        s_hist[idx, head_i] = torch.where(keep2, s_new, s_hist[idx, head_i])
-        y_hist[idx, head_i] = torch.where(keep2, y_new, y_hist[idx, head_i])
-        rho[idx, head_i] = torch.where(keep, 1.0 / sy, rho[idx, head_i])
+        slot_i = slot[idx]
+        s_hist[slot_i, head_i] = torch.where(keep2, s_new, s_hist[slot_i, head_i])
+        y_hist[slot_i, head_i] = torch.where(keep2, y_new, y_hist[slot_i, head_i])
+        rho[slot_i, head_i] = torch.where(keep, 1.0 / sy, rho[slot_i, head_i])
         gamma_i = torch.where(keep, sy / yy, gamma[idx])
         cnt_i = torch.where(keep, torch.clamp(cnt_i + 1, max=history), cnt_i)
         head_i = torch.where(keep, (head_i + 1) % history, head_i)
@@ -276,7 +333,7 @@ def lbfgs_minimize(
                 gamma_i[rows],
                 cnt_i[rows],
                 head_i[rows],
-                idx[rows],
+                slot_i[rows],
             )
         start = _start_search(g_new, d_lbfgs, f_new, cnt_i, it_i, wolfe_c1)
         reason_i = _stop_if(reason_i, need & start.failed, _LINE_SEARCH)
@@ -319,6 +376,7 @@ def _check_arguments(
     wolfe_c1: float,
     wolfe_c2: float,
     wolfe: str,
+    max_active: int | None,
 ) -> None:
     if not isinstance(x0, Tensor) or x0.dim() != 2 or not x0.is_floating_point():
         shape = tuple(x0.shape) if isinstance(x0, Tensor) else type(x0).__name__
@@ -336,6 +394,10 @@ def _check_arguments(
         or max_evaluations < 1
     ):
         raise ValueError(f"max_evaluations must be None or an int >= 1, got {max_evaluations!r}")
+    if max_active is not None and (
+        isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1
+    ):
+        raise ValueError(f"max_active must be None or an int >= 1, got {max_active!r}")
     for name, tol in (("pgtol", pgtol), ("factr", factr)):
         if not tol >= 0.0:
             raise ValueError(f"{name} must be >= 0, got {tol!r}")
@@ -403,8 +465,8 @@ def _two_loop(
 ) -> Tensor:
     """``-H g`` by the two-loop recursion [NW06, Alg. 7.4] over each row's own history.
 
-    ``g`` (M, D) belongs to problems ``idx``; ``s_hist``/``y_hist`` (N, m, D) and ``rho`` (N, m)
-    are the ring buffers, ``count``/``head``/``gamma`` (M,) the rows' pair counts, next slots and
+    ``g`` (M, D) belongs to problems whose history slots are ``idx``; ``s_hist``/``y_hist``
+    (S, m, D) and ``rho`` (S, m) are the ring buffers (one slot per problem in flight), ``count``/``head``/``gamma`` (M,) the rows' pair counts, next slots and
     ``H_0`` scalings. Unused slots are masked out, so ``count = 0`` gives ``-gamma g``.
     """
     m = s_hist.shape[1]
@@ -453,6 +515,16 @@ class _Search:
     def clone(self) -> _Search:
         """A copy whose fields share no storage (the start state aliases ``fx``/``fy``...)."""
         return _Search(**{fl.name: getattr(self, fl.name).clone() for fl in fields(self)})
+
+    @staticmethod
+    def empty(n: int, device: torch.device) -> _Search:
+        """State for ``n`` rows, to be set by :meth:`put` before use."""
+        values = {
+            fl.name: torch.zeros(n, dtype=torch.float64, device=device) for fl in fields(_Search)
+        }
+        values["brackt"] = torch.zeros(n, dtype=torch.bool, device=device)
+        values["stage2"] = torch.zeros(n, dtype=torch.bool, device=device)
+        return _Search(**values)
 
     def take(self, idx: Tensor) -> _Search:
         return _Search(**{fl.name: getattr(self, fl.name)[idx] for fl in fields(self)})

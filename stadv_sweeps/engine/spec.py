@@ -103,8 +103,9 @@ def parse_option(attack: str, name: str, value: Any, where: str = "") -> Any:
 
 #: Options left out of a trial key at these values: options added after sweeps had run, at the
 #: default that reproduces those sweeps' CPU trials bit for bit (the precision policy's flags
-#: are CUDA's), so their trials keep their keys and resume; any other value enters the key.
-KEY_NEUTRAL = {"precision": "fp32"}
+#: are CUDA's; ``batching`` never changes a result), so their trials keep their keys and
+#: resume; any other value enters the key.
+KEY_NEUTRAL: dict[str, Any] = {"precision": "fp32", "batching": None}
 
 
 def key_options(options: Mapping[str, Any]) -> dict[str, Any]:

@@ -13,7 +13,7 @@ from stadv.models import PAPER_TABLE1_SUCCESS
 
 SUCCESS = "targeted_success_rate"
 #: Options that never change what a trial measures (only how it is computed).
-NEUTRAL_OPTIONS = ("batch_size", "check")
+NEUTRAL_OPTIONS = ("batch_size", "batching", "check")
 TABLE_METRICS = (
     SUCCESS,
     "targeted_success_ci_low",
