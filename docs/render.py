@@ -403,7 +403,33 @@ def frontier(recs: Records) -> str:
     return table(head, rows) if rows else "No frontier records yet.\n"
 
 
+def batching(recs: Records) -> str:
+    """Continuous batching against chunks (benchmarks/attack_throughput.py, results/batching)."""
+    labels = {
+        "lbfgs": "continuous (**default**: a new attack joins as one finishes)",
+        "lbfgs-chunks": '`batching="chunks"` (each chunk run to its last attack)',
+    }
+    rows = []
+    for method, label in labels.items():
+        rec = recs.get(f"batching/B-{method}")
+        if rec is None:
+            continue
+        rows.append(
+            [
+                label,
+                num(rec.stats["attacks_per_second"]),
+                num(rec.stats["attacks_per_cpu_second"]),
+                num(rec.stats["mean_iterations"]),
+                rate(rec),
+                num(rec.stats["mean_flow_loss"]),
+            ]
+        )
+    head = ["batching", "attacks/s", "attacks per CPU second", "iterations / attack"]
+    return table([*head, "targeted success", "mean L_flow"], rows) if rows else "No records.\n"
+
+
 TABLES: dict[str, Callable[[Records], str]] = {
+    "batching": batching,
     "frontier": frontier,
     "new-attacks": new_attacks,
     "few-pixel": few_pixel,
