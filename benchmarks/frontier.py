@@ -53,6 +53,8 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "polish-10": {"stop": "first-success", "polish": 10},
     "polish-20": {"stop": "first-success", "polish": 20},
     "polish-50": {"stop": "first-success", "polish": 50},
+    "polish-100": {"stop": "first-success", "polish": 100},
+    "polish-150": {"stop": "first-success", "polish": 150},
     "budget-50": {"max_iterations": 50},
     "budget-100": {"max_iterations": 100},
     "budget-150": {"max_iterations": 150},
