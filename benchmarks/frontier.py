@@ -10,7 +10,8 @@ frontier (mean L_flow on the common successes against evaluations per attack, lo
 writes one JSON. Schedules (``--schedules``; default all):
 
 * ``converged``: L-BFGS run to its stopping rule (``stop="converged"``) within 1,000
-  iterations, the library's default until issue 21 made it ``max_iterations=150``;
+  iterations (the library's default, spelled out so that the row stays the converged
+  attack if the default's budget changes);
 * ``first-success``: each attack stops at its first accepted success;
 * ``polish-K``: first success, then K more accepted L-BFGS iterations (``polish=K``);
 * ``budget-K``: converged, at most K iterations (``max_iterations=K``);
