@@ -303,8 +303,10 @@ def test_the_default_precision_keeps_the_trial_keys_of_older_sweeps() -> None:
     from stadv_sweeps.engine.spec import attack_options, key_options
 
     options = attack_options(StAdv())
-    older = {k: v for k, v in options.items() if k != "precision"}  # before the option was
-    assert options["precision"] == "fp32"
+    # before the precision and batching options were
+    older = {k: v for k, v in options.items() if k not in ("precision", "batching")}
+    assert options["precision"] == "fp32" and options["batching"] is None
     assert key_options(options) == dict(sorted(older.items()))
     assert list(key_options(options)) == sorted(older)
     assert key_options(attack_options(StAdv(precision="tf32")))["precision"] == "tf32"
+    assert key_options(attack_options(StAdv(batching="chunks")))["batching"] == "chunks"
