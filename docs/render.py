@@ -211,21 +211,15 @@ def throughput(recs: Records) -> str:
         "scipy-loop-first-success": '`scipy-loop`, `stop="first-success"`',
         "advertorch": "advertorch 0.2.3 `SpatialTransformAttack` (one coupled problem)",
     }
-    rows = []
-    for method, label in labels.items():
-        rec = recs[f"throughput/B-{method}"]
-        rows.append(
-            [
-                label,
-                num(rec.stats["attacks_per_second"]),
-                num(rec.stats["mean_iterations"]),
-                num(rec.stats["mean_evaluations"]),
-                rate(rec),
-                num(rec.stats["mean_flow_loss"]),
-            ]
-        )
+    keys = ("attacks_per_second", "mean_iterations", "mean_evaluations")
+    rows = [attack_rate_row(label, recs[f"throughput/B-{m}"], keys) for m, label in labels.items()]
     head = ["method", "attacks/s", "iterations / attack", "evaluations / attack"]
     return table([*head, "targeted success", "mean L_flow"], rows)
+
+
+def attack_rate_row(label: str, rec: Record, keys: Sequence[str]) -> list[str]:
+    """A throughput row: the label, the statistics ``keys``, success and mean L_flow."""
+    return [label, *(num(rec.stats[k]) for k in keys), rate(rec), num(rec.stats["mean_flow_loss"])]
 
 
 def speedups(recs: Records) -> str:
@@ -409,21 +403,9 @@ def batching(recs: Records) -> str:
         "lbfgs": "continuous (**default**: a new attack joins as one finishes)",
         "lbfgs-chunks": '`batching="chunks"` (each chunk run to its last attack)',
     }
-    rows = []
-    for method, label in labels.items():
-        rec = recs.get(f"batching/B-{method}")
-        if rec is None:
-            continue
-        rows.append(
-            [
-                label,
-                num(rec.stats["attacks_per_second"]),
-                num(rec.stats["attacks_per_cpu_second"]),
-                num(rec.stats["mean_iterations"]),
-                rate(rec),
-                num(rec.stats["mean_flow_loss"]),
-            ]
-        )
+    keys = ("attacks_per_second", "attacks_per_cpu_second", "mean_iterations")
+    found = {label: recs.get(f"batching/B-{method}") for method, label in labels.items()}
+    rows = [attack_rate_row(label, rec, keys) for label, rec in found.items() if rec is not None]
     head = ["batching", "attacks/s", "attacks per CPU second", "iterations / attack"]
     return table([*head, "targeted success", "mean L_flow"], rows) if rows else "No records.\n"
 
