@@ -410,7 +410,21 @@ def batching(recs: Records) -> str:
     return table([*head, "targeted success", "mean L_flow"], rows) if rows else "No records.\n"
 
 
+def failures(recs: Records) -> str:
+    """Failure screens over test images 1000-1499 (results/failures)."""
+    rows = []
+    for key, rec in sorted(recs.items()):
+        if not key.startswith("failures/"):
+            continue
+        budget = "150" if "budget150" in key else "1,000"
+        failed = rec.n - rec.successes
+        rows.append([rec.tags.get("model", "?"), budget, str(rec.n), str(failed), rate(rec)])
+    head = ["model", "iteration budget", "attacks", "failed", "targeted success"]
+    return table(head, rows) if rows else "No records.\n"
+
+
 TABLES: dict[str, Callable[[Records], str]] = {
+    "failures": failures,
     "batching": batching,
     "frontier": frontier,
     "new-attacks": new_attacks,
