@@ -417,8 +417,8 @@ def failures(recs: Records) -> str:
         if not key.startswith("failures/"):
             continue
         budget = "150" if "budget150" in key else "1,000"
-        failed = rec.n - rec.successes
-        rows.append([rec.tags.get("model", "?"), budget, str(rec.n), str(failed), rate(rec)])
+        failed = "?" if rec.n is None or rec.successes is None else str(rec.n - rec.successes)
+        rows.append([rec.tags.get("model", "?"), budget, str(rec.n), failed, rate(rec)])
     head = ["model", "iteration budget", "attacks", "failed", "targeted success"]
     return table(head, rows) if rows else "No records.\n"
 
