@@ -239,10 +239,10 @@ def lbfgs_minimize(
     free: list[int] = []
 
     while True:
-        idx, fresh = _round_rows(active, cached)  # the one host sync of a round
+        idx, fresh, idx_host = _round_rows(active, cached)  # the one host sync of a round
         joining = idx.new_zeros(0)
         if queued < n:  # continuous batching: finished problems hand their slots on
-            running = set(idx.tolist())
+            running = set(idx_host.tolist())
             for i in [i for i in holder if i not in running]:
                 free.append(holder.pop(i))
             k = min(len(free), n - queued)
@@ -388,16 +388,11 @@ def _check_arguments(
     ):
         if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
             raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    if max_evaluations is not None and (
-        isinstance(max_evaluations, bool)
-        or not isinstance(max_evaluations, int)
-        or max_evaluations < 1
-    ):
-        raise ValueError(f"max_evaluations must be None or an int >= 1, got {max_evaluations!r}")
-    if max_active is not None and (
-        isinstance(max_active, bool) or not isinstance(max_active, int) or max_active < 1
-    ):
-        raise ValueError(f"max_active must be None or an int >= 1, got {max_active!r}")
+    for name, limit in (("max_evaluations", max_evaluations), ("max_active", max_active)):
+        if limit is not None and (
+            isinstance(limit, bool) or not isinstance(limit, int) or limit < 1
+        ):
+            raise ValueError(f"{name} must be None or an int >= 1, got {limit!r}")
     for name, tol in (("pgtol", pgtol), ("factr", factr)):
         if not tol >= 0.0:
             raise ValueError(f"{name} must be >= 0, got {tol!r}")
@@ -419,15 +414,16 @@ def _evaluate(objective: Objective, x: Tensor, idx: Tensor) -> tuple[Tensor, Ten
     return f.detach(), g.detach().to(x.dtype)
 
 
-def _round_rows(active: Tensor, cached: Tensor) -> tuple[Tensor, Tensor]:
-    """Problems of this round (``idx``) and the positions in ``idx`` that need an evaluation.
+def _round_rows(active: Tensor, cached: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    """Problems of this round (``idx``), the positions in ``idx`` that need an evaluation, and
+    ``idx`` on the host (for the slot bookkeeping of continuous batching).
 
-    One device-to-host copy of an (N,) code decides both, so a round costs one sync.
+    One device-to-host copy of an (N,) code decides all three, so a round costs one sync.
     """
     code = (active.to(torch.int8) * (2 - cached.to(torch.int8))).cpu()  # 0 off, 1 cached, 2 new
     idx = code.nonzero().squeeze(1)
     fresh = (code[idx] == 2).nonzero().squeeze(1)
-    return idx.to(active.device), fresh.to(active.device)
+    return idx.to(active.device), fresh.to(active.device), idx
 
 
 def _ask(should_stop: StopFn, idx: Tensor, asked: Tensor, reason: Tensor) -> Tensor:
