@@ -26,10 +26,12 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+import psutil
 import pytest
 from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
+LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMOKE_KAPPA_TAU = {("0.0", "0.05"), ("0.0", "0.0"), ("0.5", "0.05"), ("0.5", "0.0")}
 # the names trials log in MLflow (stadv_sweeps.engine.views.MLFLOW_NAMES): headline metrics
@@ -84,6 +86,20 @@ def common_args(tmp: Path, store: Path, data_root: Path, experiment: str) -> lis
         "--data-dir",
         str(data_root),
     ]
+
+
+def listening_addresses(pid: int) -> set[str]:
+    """Addresses of the listening TCP sockets of ``pid`` and its descendants."""
+    try:
+        root = psutil.Process(pid)
+        pids = {pid, *(p.pid for p in root.children(recursive=True))}
+    except psutil.NoSuchProcess:
+        return set()
+    return {
+        c.laddr.ip
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    }
 
 
 def runs_of(uri: str, experiment: str) -> tuple[MlflowClient, list[Any], list[Any]]:
@@ -359,10 +375,21 @@ def test_results_without_a_store_names_the_missing_arguments(sweep_env: dict[str
 def test_ablation_smoke_with_embedded_ray(
     tmp_path: Path, sweep_env: dict[str, str], sweep_store: Path, data_root: Path
 ) -> None:
-    """No --address: the script starts (and stops) its own Ray, as a local user's run does."""
+    """No --address: the script starts (and stops) its own Ray, as a local user's run does,
+    and that Ray listens on the loopback interface only (its servers' sockets are watched
+    while the sweep runs)."""
     args = common_args(tmp_path, sweep_store, data_root, "ab-smoke")
-    proc = run(sweep_cmd("ablation", "--smoke-test", *args), sweep_env)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    sweep = Sweep(sweep_cmd("ablation", "--smoke-test", *args), sweep_env)
+    seen: set[str] = set()
+    deadline = time.monotonic() + 400
+    while sweep.proc.poll() is None and time.monotonic() < deadline:
+        seen |= listening_addresses(sweep.proc.pid)
+        time.sleep(0.5)
+    code = sweep.wait(timeout=60)
+    assert code == 0, sweep.output[-4000:]
+    print("listening addresses seen during the sweep:", sorted(seen))
+    assert seen, "no listening socket seen: the probe did not see Ray's servers"
+    assert seen <= LOOPBACK, f"non-loopback listeners: {sorted(seen - LOOPBACK)}"
     client, parents, children = runs_of(f"sqlite:///{tmp_path / 'mlflow.db'}", "ab-smoke")
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     names = sorted(c.info.run_name for c in children)
