@@ -10,13 +10,16 @@ frontier (mean L_flow on the common successes against evaluations per attack, lo
 writes one JSON. Schedules (``--schedules``; default all):
 
 * ``converged``: L-BFGS run to its stopping rule (``stop="converged"``) within 1,000
-  iterations (the library's default, spelled out so that the row stays the converged
+  iterations (the library's default budget, spelled out so that the row stays the same
   attack if the default's budget changes);
-* ``first-success``: each attack stops at its first accepted success;
+* ``first-success``: each attack stops at its first accepted success (``polish=0``);
 * ``polish-K``: first success, then K more accepted L-BFGS iterations (``polish=K``);
+  ``polish-150`` is the library's default;
 * ``budget-K``: converged, at most K iterations (``max_iterations=K``);
 * ``history-K``: converged with K L-BFGS pairs (``history=K``; the default is 10);
 * ``strong``: converged with SciPy's strong Wolfe line search.
+
+(Every schedule but ``polish-*`` and ``first-success`` spells ``stop="converged"``.)
 
     python benchmarks/frontier.py --model B --n-images 20 --json frontier-B.json --figure frontier-B.png
 """
@@ -48,21 +51,21 @@ from stadv.store import load_pretrained
 
 #: name -> StAdv options (beyond the paper's tau 0.05, kappa 0).
 SCHEDULES: dict[str, dict[str, Any]] = {
-    "converged": {"max_iterations": 1000},
-    "first-success": {"stop": "first-success"},
+    "converged": {"stop": "converged", "max_iterations": 1000},
+    "first-success": {"stop": "first-success", "polish": 0},
     "polish-5": {"stop": "first-success", "polish": 5},
     "polish-10": {"stop": "first-success", "polish": 10},
     "polish-20": {"stop": "first-success", "polish": 20},
     "polish-50": {"stop": "first-success", "polish": 50},
     "polish-100": {"stop": "first-success", "polish": 100},
     "polish-150": {"stop": "first-success", "polish": 150},
-    "budget-50": {"max_iterations": 50},
-    "budget-100": {"max_iterations": 100},
-    "budget-150": {"max_iterations": 150},
-    "budget-200": {"max_iterations": 200},
-    "history-5": {"history": 5},
-    "history-20": {"history": 20},
-    "strong": {"wolfe": "strong"},
+    "budget-50": {"stop": "converged", "max_iterations": 50},
+    "budget-100": {"stop": "converged", "max_iterations": 100},
+    "budget-150": {"stop": "converged", "max_iterations": 150},
+    "budget-200": {"stop": "converged", "max_iterations": 200},
+    "history-5": {"stop": "converged", "history": 5},
+    "history-20": {"stop": "converged", "history": 20},
+    "strong": {"stop": "converged", "wolfe": "strong"},
 }
 
 

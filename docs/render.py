@@ -203,12 +203,13 @@ def training(recs: Records) -> str:
 
 def throughput(recs: Records) -> str:
     labels = {
-        "lbfgs": "`lbfgs` (**default**: batched torch L-BFGS, weak Wolfe, to convergence)",
-        "lbfgs-strong": '`lbfgs`, `wolfe="strong"` (SciPy\'s algorithm)',
-        "lbfgs-first-success": '`lbfgs`, `stop="first-success"` (fast mode)',
+        "lbfgs": "`lbfgs` (**default**: batched torch L-BFGS, weak Wolfe, first success + 150)",
+        "lbfgs-converged": '`lbfgs`, `stop="converged"` (run to convergence)',
+        "lbfgs-strong": '`lbfgs`, `wolfe="strong"`, converged (SciPy\'s algorithm)',
+        "lbfgs-first-success": "`lbfgs`, `polish=0` (stop at the first success: fast mode)",
         "scipy-batched": "`scipy` (SciPy L-BFGS-B per attack, evaluations batched)",
         "scipy-loop": "`scipy-loop` (SciPy, one image at a time)",
-        "scipy-loop-first-success": '`scipy-loop`, `stop="first-success"`',
+        "scipy-loop-first-success": "`scipy-loop`, stopped at the first success",
         "advertorch": "advertorch 0.2.3 `SpatialTransformAttack` (one coupled problem)",
     }
     keys = ("attacks_per_second", "mean_iterations", "mean_evaluations")
@@ -225,7 +226,7 @@ def attack_rate_row(label: str, rec: Record, keys: Sequence[str]) -> list[str]:
 def speedups(recs: Records) -> str:
     goals = {"speedup_vs_advertorch": 10.0, "speedup_vs_scipy_loop": 5.0}
     rows = []
-    for method in ("lbfgs", "lbfgs-strong", "lbfgs-first-success"):
+    for method in ("lbfgs", "lbfgs-converged", "lbfgs-strong", "lbfgs-first-success"):
         rec = recs[f"throughput/B-{method}"]
         cells = [f"`{method}`"]
         for key, goal in goals.items():
@@ -367,16 +368,30 @@ def few_pixel(recs: Records) -> str:
 
 def frontier(recs: Records) -> str:
     """stAdv's schedules (benchmarks/frontier.py records), cheapest first, per model."""
+    return schedules(recs, "frontier/", paper=False)
+
+
+def default_schedule(recs: Records) -> str:
+    """Table 1 (100 images x 9 targets) with the default schedule beside the converged
+    attack, same run (benchmarks/frontier.py records in results/table1-default)."""
+    return schedules(recs, "table1-default/", paper=True)
+
+
+def schedules(recs: Records, folder: str, *, paper: bool) -> str:
+    """One row per ``benchmarks/frontier.py`` record under ``folder``, by model, cheapest
+    first; ``paper`` adds the paper's Table 1 success."""
     rows = []
-    found = [r for k, r in recs.items() if k.startswith("frontier/")]
+    found = [r for k, r in recs.items() if k.startswith(folder)]
     for rec in sorted(
         found, key=lambda r: (r.tags.get("model", ""), r.stats["evaluations_per_attack"])
     ):
+        model = rec.tags.get("model", "?")
+        cells = [model, f"`{rec.tags.get('schedule', '?')}`", rate(rec)]
+        if paper:
+            cells.append(pct(PAPER_TABLE1_SUCCESS[model]) if model in PAPER_TABLE1_SUCCESS else "–")
         rows.append(
             [
-                rec.tags.get("model", "?"),
-                f"`{rec.tags.get('schedule', '?')}`",
-                rate(rec),
+                *cells,
                 num(rec.stats["mean_flow_loss_common"]),
                 num(rec.stats["evaluations_per_attack"]),
                 f"{rec.stats.get('evaluations_vs_converged', float('nan')):.2f}x",
@@ -388,13 +403,14 @@ def frontier(recs: Records) -> str:
         "model",
         "schedule",
         "targeted success",
+        *(["paper"] if paper else []),
         "mean L_flow (common successes)",
         "evaluations / attack",
         "fewer evaluations than converged",
         "L_flow / converged's",
         "attacks/s",
     ]
-    return table(head, rows) if rows else "No frontier records yet.\n"
+    return table(head, rows) if rows else "No records yet.\n"
 
 
 def batching(recs: Records) -> str:
@@ -427,6 +443,7 @@ TABLES: dict[str, Callable[[Records], str]] = {
     "failures": failures,
     "batching": batching,
     "frontier": frontier,
+    "default-schedule": default_schedule,
     "new-attacks": new_attacks,
     "few-pixel": few_pixel,
     "attack-libraries": attack_libraries,

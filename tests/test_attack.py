@@ -8,7 +8,7 @@ import pickle
 import pytest
 import torch
 
-from stadv.attack import StAdv
+from stadv.attack import DEFAULT_POLISH, StAdv
 from stadv.data import TensorData
 from stadv.flow import flow_loss, warp
 from stadv.metrics import summarize
@@ -187,12 +187,9 @@ def test_success_agrees_with_prediction_when_rejudging_moves_the_margin(  # type
 
 def test_first_success_stops_early(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
     x, y = batch
-    conv = StAdv(max_iterations=60, flow_loss="eq5", eq5_scale="sqrt_n")(
-        tiny_model_b, x, y, targets="all"
-    )
-    first = StAdv(max_iterations=60, flow_loss="eq5", eq5_scale="sqrt_n", stop="first-success")(
-        tiny_model_b, x, y, targets="all"
-    )
+    kw = dict(max_iterations=60, flow_loss="eq5", eq5_scale="sqrt_n")
+    conv = StAdv(stop="converged", **kw)(tiny_model_b, x, y, targets="all")
+    first = StAdv(stop="first-success", polish=0, **kw)(tiny_model_b, x, y, targets="all")
     assert first.evaluations.sum() < conv.evaluations.sum()
     assert "callback" in first.stop_reason
     assert first.success.float().mean() >= conv.success.float().mean() - 0.1
@@ -205,9 +202,9 @@ def test_polish_runs_between_first_success_and_convergence(  # type: ignore[no-u
     than stopping at it, a lower L_flow on the attacks both solve, never more than converged."""
     x, y = batch
     kw = dict(max_iterations=60, flow_loss="eq5", eq5_scale="sqrt_n")
-    first = StAdv(stop="first-success", **kw)(tiny_model_b, x, y, targets="all")
+    first = StAdv(stop="first-success", polish=0, **kw)(tiny_model_b, x, y, targets="all")
     polished = StAdv(stop="first-success", polish=10, **kw)(tiny_model_b, x, y, targets="all")
-    conv = StAdv(**kw)(tiny_model_b, x, y, targets="all")
+    conv = StAdv(stop="converged", **kw)(tiny_model_b, x, y, targets="all")
     assert int(first.evaluations.sum()) < int(polished.evaluations.sum())
     assert int(polished.evaluations.sum()) < int(conv.evaluations.sum())
     both = first.success & polished.success
@@ -219,9 +216,22 @@ def test_polish_runs_between_first_success_and_convergence(  # type: ignore[no-u
     alone = StAdv(stop="first-success", polish=10, **kw)(tiny_model_b, x[:1], y[:1], targets="all")
     torch.testing.assert_close(alone.flows, polished.flows[:9])
     with pytest.raises(ValueError, match="polish=3 is ignored by stop='converged'"):
-        StAdv(polish=3)
-    with pytest.raises(ValueError, match="polish"):
+        StAdv(stop="converged", polish=3)
+    with pytest.raises(ValueError, match="polish must be an integer >= 0, got -1"):
         StAdv(stop="first-success", polish=-1)
+
+
+def test_the_default_polishes_150_iterations_and_converged_is_one_option_away() -> None:
+    """The default schedule (issue 21): first success, then ``DEFAULT_POLISH`` accepted
+    iterations; ``stop="converged"`` alone is the converged attack (nothing to polish)."""
+    default = StAdv()
+    assert default.stop == "first-success" and default.polish is None
+    assert default.effective_polish == DEFAULT_POLISH == 150
+    assert StAdv(polish=20).effective_polish == 20
+    assert StAdv(polish=0).effective_polish == 0
+    converged = StAdv(stop="converged")
+    assert converged.effective_polish == 0
+    assert StAdv(stop="converged", polish=0).effective_polish == 0
 
 
 def test_lbfgs_and_scipy_agree(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
