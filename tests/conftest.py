@@ -6,8 +6,10 @@ Nothing here downloads: the data come from the gzipped IDX files beside the repo
 
 from __future__ import annotations
 
+import importlib
 import os
-from collections.abc import Iterator
+import subprocess
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -130,3 +132,40 @@ def sweep_env(data_source: Path) -> dict[str, str]:
 def sweep_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Model store shared by the sweep tests (the smoke model is quick-trained into it once)."""
     return tmp_path_factory.mktemp("sweep-store")
+
+
+#: sweeps/<name>.py -> the module whose ``main(argv)`` the script calls
+SWEEP_MAINS = {
+    "kappa_tau": "stadv_sweeps.plans.kappa_tau",
+    "ablation": "stadv_sweeps.plans.ablation",
+    "defense_sweep": "stadv_sweeps.plans.defense",
+    "results": "stadv_sweeps.plans.report_cli",
+}
+
+SweepMain = Callable[[str, list[str]], "subprocess.CompletedProcess[str]"]
+
+
+@pytest.fixture
+def sweep_main(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, data_source: Path
+) -> SweepMain:
+    """``sweeps/<name>.py argv`` run in this process (the ``main`` the script calls), in the
+    sweep subprocesses' environment (no inherited MLflow URI or Ray address, real MNIST); its
+    exit status and output as a process's. For the checks that stop a script before any work:
+    a subprocess per case spent ~15 s of CI each importing torch, Ray and MLflow."""
+    for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    monkeypatch.setenv("STADV_DATA_SOURCE", str(data_source))
+
+    def run(name: str, argv: list[str]) -> subprocess.CompletedProcess[str]:
+        capsys.readouterr()
+        main = importlib.import_module(SWEEP_MAINS[name]).main
+        try:
+            code = main(argv)
+        except SystemExit as exit:  # argparse's errors
+            code = exit.code if isinstance(exit.code, int) else 2
+        out = capsys.readouterr()
+        return subprocess.CompletedProcess([name, *argv], code, out.out, out.err)
+
+    return run

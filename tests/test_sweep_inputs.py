@@ -12,18 +12,20 @@ case spent ~15 s of CI each on imports alone.)
 from __future__ import annotations
 
 import argparse
-import importlib
 import re
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+#: the ``sweep_main`` fixture (tests/conftest.py): a sweep script's main, run in this process
+SweepMain = Callable[[str, list[str]], "subprocess.CompletedProcess[str]"]
 
 
 def script(name: str, *args: str) -> list[str]:
@@ -40,33 +42,6 @@ def run(
     cmd: list[str], env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     return subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=timeout)
-
-
-# sweeps/<name>.py -> the module whose ``main(argv)`` it calls
-MAINS = {
-    "kappa_tau": "stadv_sweeps.plans.kappa_tau",
-    "ablation": "stadv_sweeps.plans.ablation",
-    "defense_sweep": "stadv_sweeps.plans.defense",
-    "results": "stadv_sweeps.plans.report_cli",
-}
-
-
-def run_main(
-    name: str, argv: list[str], capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> subprocess.CompletedProcess[str]:
-    """``sweeps/<name>.py argv`` in this process, in the sweep subprocesses' environment
-    (no inherited MLflow URI or Ray address); its exit status and output as a process's."""
-    for var in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS"):
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    capsys.readouterr()
-    main = importlib.import_module(MAINS[name]).main
-    try:
-        code = main(argv)
-    except SystemExit as exit:  # argparse's errors
-        code = exit.code if isinstance(exit.code, int) else 2
-    out = capsys.readouterr()
-    return subprocess.CompletedProcess([name, *argv], code, out.out, out.err)
 
 
 def where(tmp_path: Path) -> list[str]:
@@ -121,16 +96,13 @@ def test_bad_input_is_refused_before_any_work(
     config: tuple[str, str] | None,
     message: str,
     tmp_path: Path,
-    data_source: Path,
-    capsys: pytest.CaptureFixture[str],
-    monkeypatch: pytest.MonkeyPatch,
+    sweep_main: SweepMain,
 ) -> None:
     if config is not None:
         (tmp_path / config[0]).write_text(config[1])
         extra = [*extra, "--config", str(tmp_path / config[0])]
-    monkeypatch.setenv("STADV_DATA_SOURCE", str(data_source))
     argv = ["--smoke-test", *extra, *where(tmp_path)]
-    assert_refused(run_main(sweep, argv, capsys, monkeypatch), message, tmp_path)
+    assert_refused(sweep_main(sweep, argv), message, tmp_path)
 
 
 def test_the_script_itself_exits_2_on_bad_input(tmp_path: Path, sweep_env: dict[str, str]) -> None:
@@ -141,16 +113,14 @@ def test_the_script_itself_exits_2_on_bad_input(tmp_path: Path, sweep_env: dict[
     )
 
 
-def test_defense_sweep_takes_a_config_file(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_defense_sweep_takes_a_config_file(tmp_path: Path, sweep_main: SweepMain) -> None:
     config = tmp_path / "defense.yaml"
     config.write_text(
         "models: [B]\nattacks: [fgsm, stadv]\ndefenses: [none, pgd]\nn_images: 3\n"
         "attack_options: {stadv: {tau: 0.1}, fgsm: {epsilon: 0.2}}\n"
         "training: {pgd_steps: 7, train_limit: all}\n"
     )
-    proc = run_main("defense_sweep", ["--config", str(config), "--dry-run"], capsys, monkeypatch)
+    proc = sweep_main("defense_sweep", ["--config", str(config), "--dry-run"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith("4 trials")
     from stadv_sweeps.engine import cli
@@ -168,12 +138,12 @@ def test_defense_sweep_takes_a_config_file(
 
 
 def test_unanswered_ray_address_fails_within_the_timeout(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sweep_main: SweepMain
 ) -> None:
     start = time.monotonic()
     address = f"127.0.0.1:{closed_port()}"
     argv = ["--smoke-test", "--address", address, *where(tmp_path)]
-    proc = run_main("kappa_tau", argv, capsys, monkeypatch)
+    proc = sweep_main("kappa_tau", argv)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"Ray address {address} does not answer" in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()  # refused before the tracking store
@@ -181,12 +151,12 @@ def test_unanswered_ray_address_fails_within_the_timeout(
 
 
 def test_report_on_an_unanswered_tracking_server_fails_fast(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, sweep_main: SweepMain
 ) -> None:
     uri = f"http://127.0.0.1:{closed_port()}"
     start = time.monotonic()
     argv = ["--tracking-uri", uri, "--experiment", "x", "--out", str(tmp_path / "r.md")]
-    proc = run_main("results", argv, capsys, monkeypatch)
+    proc = sweep_main("results", argv)
     assert proc.returncode == 2, proc.stdout[-2000:] + proc.stderr[-2000:]
     assert f"tracking URI {uri} is unreachable" in proc.stderr
     assert not (tmp_path / "r.md").exists()

@@ -7,7 +7,10 @@ metrics, tags and artifacts (valid PNGs, tables that read back and agree with th
 a killed trial worker is retried; an interrupted driver resumes without duplicate runs; an
 unreachable tracking URI and a bad grid value fail in seconds before anything runs. The
 defense sweep (``sweeps/defense_sweep.py``) logs its table of every attack against every defense.
-A few tests import the sweep modules themselves (``sweep_modules``), as the scripts do.
+A few tests import the sweep modules themselves (``sweep_modules``), as the scripts do; the
+checks that stop a script before any work (bad values, dry runs) call its ``main`` in this
+process (the ``sweep_main`` fixture): the same code as the script, without a subprocess's
+imports per case.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +35,8 @@ import pytest
 from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
+#: the ``sweep_main`` fixture (tests/conftest.py): a sweep script's main, run in this process
+SweepMain = Callable[[str, list[str]], "subprocess.CompletedProcess[str]"]
 LOOPBACK = {"127.0.0.1", "::1", "::ffff:127.0.0.1"}
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 SMOKE_KAPPA_TAU = {("0.0", "0.05"), ("0.0", "0.0"), ("0.5", "0.05"), ("0.5", "0.0")}
@@ -364,8 +370,8 @@ def test_results_smoke_test_runs_the_smoke_sweep_and_reports_it(
     assert len(parents) == 1 and len(children) == 4
 
 
-def test_results_without_a_store_names_the_missing_arguments(sweep_env: dict[str, str]) -> None:
-    proc = run(sweep_cmd("results", "--out", "never.md"), sweep_env, timeout=120)
+def test_results_without_a_store_names_the_missing_arguments(sweep_main: SweepMain) -> None:
+    proc = sweep_main("results", ["--out", "never.md"])
     assert proc.returncode == 2
     assert "--tracking-uri, --experiment" in proc.stderr
     assert not (REPO / "never.md").exists()
@@ -549,18 +555,19 @@ def test_bad_grid_value_fails_before_anything_runs(
     config: tuple[str, str] | None,
     message: str,
     tmp_path: Path,
-    sweep_env: dict[str, str],
+    sweep_main: SweepMain,
 ) -> None:
     if config is not None:
         (tmp_path / config[0]).write_text(config[1])
         extra = [*extra, "--config", str(tmp_path / config[0])]
-    assert_fails_before_anything_runs("kappa_tau", extra, message, tmp_path, sweep_env)
+    assert_fails_before_anything_runs("kappa_tau", extra, message, tmp_path, sweep_main)
 
 
 def assert_fails_before_anything_runs(
-    script: str, extra: list[str], message: str, tmp_path: Path, env: dict[str, str]
+    script: str, extra: list[str], message: str, tmp_path: Path, sweep_main: SweepMain
 ) -> None:
-    """The script exits with 2 and ``message``, before touching the tracking store or Tune."""
+    """The script exits with 2 and ``message``, before touching the tracking store or Tune
+    (its ``main`` in this process: the ``sweep_main`` fixture)."""
     args = [
         *extra,
         "--tracking-uri",
@@ -568,16 +575,14 @@ def assert_fails_before_anything_runs(
         "--storage-path",
         str(tmp_path / "ray"),
     ]
-    proc = run(sweep_cmd(script, *args), env, timeout=120)
+    proc = sweep_main(script, args)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     assert message in proc.stderr
     assert not (tmp_path / "mlflow.db").exists()  # failed before touching the tracking store
     assert not (tmp_path / "ray").exists()
 
 
-def test_config_file_and_command_line_build_the_grid(
-    tmp_path: Path, sweep_env: dict[str, str]
-) -> None:
+def test_config_file_and_command_line_build_the_grid(tmp_path: Path, sweep_main: SweepMain) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text(
         "models: [B, C]\n"
@@ -585,11 +590,8 @@ def test_config_file_and_command_line_build_the_grid(
         "attack:\n  max_iterations: 50\n  pgtol: 1e-6\n"  # YAML reads 1e-6 as a string: coerced
         "grid:\n  - {tau: [0.05, 0.01]}\n  - {keep: [last]}\n"
     )
-    proc = run(
-        sweep_cmd("ablation", "--config", str(config), "--kappa", "0", "0.5", "--dry-run"),
-        sweep_env,
-        120,
-    )
+    argv = ["--config", str(config), "--kappa", "0", "0.5", "--dry-run"]
+    proc = sweep_main("ablation", argv)
     assert proc.returncode == 0, proc.stderr
     lines = [line for line in proc.stdout.splitlines() if line.strip() and "trials" not in line]
     labels = [line.split(maxsplit=2)[2] for line in lines]
@@ -837,13 +839,13 @@ def test_defense_sweep_smoke_logs_the_table(defense_smoke: dict[str, Any], tmp_p
     ],
 )
 def test_defense_sweep_bad_values_fail_before_anything_runs(
-    extra: list[str], message: str, tmp_path: Path, sweep_env: dict[str, str]
+    extra: list[str], message: str, tmp_path: Path, sweep_main: SweepMain
 ) -> None:
-    assert_fails_before_anything_runs("defense_sweep", extra, message, tmp_path, sweep_env)
+    assert_fails_before_anything_runs("defense_sweep", extra, message, tmp_path, sweep_main)
 
 
-def test_defense_sweep_dry_run_lists_every_combination(sweep_env: dict[str, str]) -> None:
-    proc = run(sweep_cmd("defense_sweep", "--dry-run"), sweep_env, timeout=120)
+def test_defense_sweep_dry_run_lists_every_combination(sweep_main: SweepMain) -> None:
+    proc = sweep_main("defense_sweep", ["--dry-run"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(f"{3 * N_DEFENSE_TRIALS} trials")
     labels = [line.split(maxsplit=2)[2] for line in proc.stdout.splitlines()[:-1]]
@@ -856,16 +858,11 @@ def test_defense_sweep_dry_run_lists_every_combination(sweep_env: dict[str, str]
     assert labels[-1] == "B VAE detector Few-pixel DE"
     for label in ("distilled", "PCL", "PCL+PGD-adv", "VAE detector"):
         assert f"A {label} stAdv" in labels, label
-    proc = run(sweep_cmd("defense_sweep", "--dry-run", "--smoke-test"), sweep_env, timeout=120)
+    proc = sweep_main("defense_sweep", ["--dry-run", "--smoke-test"])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip().endswith(f"{N_DEFENSE_TRIALS} trials")
-    proc = run(
-        sweep_cmd(
-            "defense_sweep", "--dry-run", "--models", "B", "--defenses", "pgd", "--attacks", "stadv"
-        ),
-        sweep_env,
-        timeout=120,
-    )
+    argv = ["--dry-run", "--models", "B", "--defenses", "pgd", "--attacks", "stadv"]
+    proc = sweep_main("defense_sweep", argv)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.splitlines()[0].endswith("B PGD-adv stAdv")
 
