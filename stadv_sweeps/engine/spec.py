@@ -39,7 +39,9 @@ class Point:
     ``weights`` names the prepared model the trial attacks (a key of the driver's model
     bundles; empty: ``model`` itself); ``params`` are further run parameters naming the trial
     (the defense sweep's defense). ``key`` is a stable hash of everything that defines the
-    trial's result; ``label`` says what differs from the sweep's base setting.
+    trial's result; ``label`` says what differs from the sweep's base setting. ``views``:
+    the trial logs the views of what the attack did inside the model (``views/``: the
+    representation space, activation differences, Grad-CAM; a few seconds of plotting).
     """
 
     model: str
@@ -48,6 +50,7 @@ class Point:
     label: str
     weights: str = ""
     params: dict[str, str] = field(default_factory=dict)
+    views: bool = True
 
     @property
     def attack_name(self) -> str:
@@ -67,6 +70,7 @@ class Point:
             "label": self.label,
             "weights": self.weights,
             "params": dict(self.params),
+            "views": self.views,
         }
 
 

@@ -254,7 +254,8 @@ def _attack_and_log(
             )
         plots.save_png(plots.target_heatmap(result), folder / "target_heatmap.png")
         # what the attack did inside the model: representation space, activations, Grad-CAM
-        save_views(model, images, result, folder / "views", max_points=VIEW_POINTS, dpi=100)
+        if point.views:
+            save_views(model, images, result, folder / "views", max_points=VIEW_POINTS, dpi=100)
         client.log_artifacts(run_id, str(folder))
     metrics["trial_seconds"] = time.perf_counter() - start
     client.log_batch(

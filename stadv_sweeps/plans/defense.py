@@ -177,7 +177,8 @@ class DefenseSweep:
         g.add_argument(
             "--smoke-test",
             action="store_true",
-            help="model B, tiny training (variant 'smoke'), 2 images, few iterations",
+            help="model B, tiny training (variant 'smoke'), 2 images, few iterations; "
+            "views of the stAdv trials only",
         )
         g.add_argument("--dry-run", action="store_true", help="print the trials and exit")
         g.add_argument("--config", metavar="FILE", help="YAML or TOML file (keys: see below)")

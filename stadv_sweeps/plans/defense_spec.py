@@ -325,7 +325,8 @@ def trial_key(spec: DefenseSpec, model: str, defense: str, attack: str, options:
 
 def build_defense_points(spec: DefenseSpec) -> list[Point]:
     """One trial per (model, defense, attack), most expensive model first; ``SweepError``
-    naming any bad model, attack, defense, option or setting."""
+    naming any bad model, attack, defense, option or setting. Every trial logs the views
+    (``Point.views``) but in the smoke test, where only the stAdv trials do."""
     models = check_common(spec.models, spec.dataset, spec.n_images, spec.targets)
     attacks = check_names("attack", spec.attacks, tuple(ATTACKS))
     defenses = check_names("defense", spec.defenses, tuple(DEFENSES))
@@ -354,6 +355,8 @@ def build_defense_points(spec: DefenseSpec) -> list[Point]:
                         label=label,
                         weights=f"{model}/{defense}",
                         params={"defense": defense, "targets": run_targets[attack]},
+                        # the smoke test's 60 trials: the views of the stAdv column only
+                        views=not spec.smoke or attack == "stadv",
                     )
                 )
     return points
