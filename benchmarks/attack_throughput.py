@@ -568,6 +568,8 @@ def write_records(report: dict[str, Any], folder: Path, command: str, device: to
             and not isinstance(value, bool)
             and math.isfinite(value)
         }
+        if row["attacks"]:
+            stats["mean_evaluations"] = float(row["image_evaluations"]) / int(row["attacks"])
         write_record(
             make_record(
                 what=f"Attack throughput, method {method}: Model {env['model']}, test images "
