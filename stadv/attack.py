@@ -25,6 +25,11 @@ at more evaluations.
 Default restarts: an attack that found no successful iterate is solved once more from a small
 Gaussian flow (``restarts``; zero is a stationary point of L_flow).
 
+Default schedule: each attack stops 150 accepted iterations after its first successful iterate
+(``stop="first-success"``, ``polish``), keeping the converged attack's successes at fewer
+evaluations for a slightly larger L_flow; ``stop="converged"`` minimises L_flow to the
+solver's stopping rule, one option away.
+
 Measured success rates, L_flow, iterations and timings of these choices (and the paper's
 numbers beside them) are in ``docs/reproduction.md``.
 
