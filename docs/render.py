@@ -433,9 +433,11 @@ def failures(recs: Records) -> str:
         if not key.startswith("failures/"):
             continue
         budget = "150" if "budget150" in key else "1,000"
+        # the default's restarts unless the record says otherwise: 1 at std 0.01
+        restarts = f"{rec.tags.get('restarts', '1')} x {rec.tags.get('restart_scale', '0.01')}"
         failed = "?" if rec.n is None or rec.successes is None else str(rec.n - rec.successes)
-        rows.append([rec.tags.get("model", "?"), budget, str(rec.n), failed, rate(rec)])
-    head = ["model", "iteration budget", "attacks", "failed", "targeted success"]
+        rows.append([rec.tags.get("model", "?"), budget, restarts, str(rec.n), failed, rate(rec)])
+    head = ["model", "iteration budget", "restarts x std", "attacks", "failed", "targeted success"]
     return table(head, rows) if rows else "No records.\n"
 
 
