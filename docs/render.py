@@ -427,7 +427,7 @@ def batching(recs: Records) -> str:
 
 
 def failures(recs: Records) -> str:
-    """Failure screens over test images 1000-1499 (results/failures)."""
+    """Failure screens (results/failures): images 1000-1499 unless a record's tags say."""
     rows = []
     for key, rec in sorted(recs.items()):
         if not key.startswith("failures/"):
@@ -436,8 +436,11 @@ def failures(recs: Records) -> str:
         # the default's restarts unless the record says otherwise: 1 at std 0.01
         restarts = f"{rec.tags.get('restarts', '1')} x {rec.tags.get('restart_scale', '0.01')}"
         failed = "?" if rec.n is None or rec.successes is None else str(rec.n - rec.successes)
-        rows.append([rec.tags.get("model", "?"), budget, restarts, str(rec.n), failed, rate(rec)])
-    head = ["model", "iteration budget", "restarts x std", "attacks", "failed", "targeted success"]
+        images = rec.tags.get("images", "1000-1499")
+        row = [rec.tags.get("model", "?"), images, budget, restarts, str(rec.n), failed, rate(rec)]
+        rows.append(row)
+    head = ["model", "test images", "iteration budget", "restarts x std", "attacks", "failed"]
+    head.append("targeted success")
     return table(head, rows) if rows else "No records.\n"
 
 
