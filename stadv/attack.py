@@ -101,11 +101,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: the upper end of the uniform draw (the TensorFlow demo draws flows from U[0, 1)).
 DEFAULT_INIT_SCALE: dict[str, float] = {"zeros": 0.0, "gaussian": 0.01, "uniform": 1.0}
 
-#: Options each solver ignores (a non-default value of one is a ``ValueError``).
-#: accepted iterations after the first success of the default schedule (``polish=None``):
-#: the frontier's best point within 10 % of the converged L_flow that keeps its success
+#: Accepted iterations after the first success of the default schedule (``polish=None``):
+#: the frontier's best point within 10 % of the converged L_flow that keeps its success.
 DEFAULT_POLISH = 150
 
+#: Options each solver ignores (a non-default value of one is a ``ValueError``).
 SOLVER_IGNORES: dict[str, tuple[str, ...]] = {
     "lbfgs": ("lr",),
     "scipy": ("lr",),
@@ -371,7 +371,7 @@ class StAdv:
         :data:`DEFAULT_POLISH` with ``stop="first-success"``; 0 with ``stop="converged"``)."""
         if self.stop == "converged":
             return 0
-        return DEFAULT_POLISH if self.polish is None else int(self.polish)
+        return DEFAULT_POLISH if self.polish is None else self.polish
 
     @property
     def effective_init_scale(self) -> float:
