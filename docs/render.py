@@ -433,7 +433,7 @@ def failures(recs: Records) -> str:
         if not key.startswith("failures/"):
             continue
         budget = "150" if "budget150" in key else "1,000"
-        # the default's restarts unless the record says otherwise: 1 at std 0.01
+        # records without restart tags were run with the default of their day: 1 at std 0.01
         restarts = f"{rec.tags.get('restarts', '1')} x {rec.tags.get('restart_scale', '0.01')}"
         failed = "?" if rec.n is None or rec.successes is None else str(rec.n - rec.successes)
         images = rec.tags.get("images", "1000-1499")

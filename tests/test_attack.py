@@ -267,6 +267,24 @@ def test_every_option_runs(tiny_model_b: torch.nn.Module, batch, kw: dict[str, o
     assert torch.isfinite(result.flows).all() and len(result) == 2
 
 
+def test_the_default_restarts_three_times_at_std_01_and_only_what_still_fails(  # type: ignore[no-untyped-def]
+    tiny_model_b: torch.nn.Module, batch
+) -> None:
+    """Default restarts (issue 21's failure screens): up to 3 more solves at std 0.1, each of
+    the attacks the runs before it left without a success, so the counts never grow."""
+    assert (StAdv().restarts, StAdv().restart_scale) == (3, 0.1)
+    model = copy.deepcopy(tiny_model_b).to(torch.float64)
+    x, y = batch[0][:4].to(torch.float64), batch[1][:4]
+    kw = dict(max_iterations=4, flow_loss="eq5", eq5_scale="sqrt_n")
+    once = StAdv(restarts=0, **kw)(model, x, y, targets="all")
+    default = StAdv(**kw)(model, x, y, targets="all")
+    counts = default.extra["restarted"]
+    assert len(counts) == 3 and counts[0] == int((~once.success).sum()) > 0
+    assert all(a >= b for a, b in zip(counts, counts[1:], strict=False))
+    assert int((~default.success).sum()) <= counts[-1]
+    assert torch.equal(default.flows[once.success], once.flows[once.success])
+
+
 def test_random_init_is_seeded(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
     x, y = batch
     a = StAdv(init="gaussian", max_iterations=0, keep="last", seed=1)(
@@ -443,11 +461,11 @@ def test_options_are_validated_once_not_per_objective_evaluation(
         ({"solver": "scipy", "lr": 0.1}, "lr=0.1 is ignored by solver='scipy'"),
         ({"solver": "scipy-loop", "lr": 0.1}, "lr=0.1 is ignored by solver='scipy-loop'"),
         ({"init": "zeros", "init_scale": 0.5}, "init_scale=0.5 is ignored by init='zeros'"),
-        ({"restarts": 0, "restart_scale": 0.1}, "restart_scale=0.1 is ignored by restarts=0"),
-        ({"max_iterations": 0, "restarts": 3}, "restarts=3 is ignored by max_iterations=0"),
+        ({"restarts": 0, "restart_scale": 0.5}, "restart_scale=0.5 is ignored by restarts=0"),
+        ({"max_iterations": 0, "restarts": 1}, "restarts=1 is ignored by max_iterations=0"),
         (
-            {"max_iterations": 0, "restart_scale": 0.1},
-            "restart_scale=0.1 is ignored by max_iterations=0",
+            {"max_iterations": 0, "restart_scale": 0.5},
+            "restart_scale=0.5 is ignored by max_iterations=0",
         ),
     ],
 )
@@ -463,8 +481,8 @@ def test_an_ignored_option_is_an_error(kw: dict[str, object], match: str) -> Non
         {"solver": "lbfgs", "pgtol": 1e-3, "factr": 10.0, "history": 5, "wolfe": "strong"},
         {"solver": "scipy", "max_linesearch": 5, "wolfe": "strong"},
         {"init": "gaussian", "init_scale": 0.5},
-        {"restarts": 2, "restart_scale": 0.1},
-        {"max_iterations": 0, "restarts": 1},  # the defaults stay allowed
+        {"restarts": 2, "restart_scale": 0.5},
+        {"max_iterations": 0, "restarts": 3, "restart_scale": 0.1},  # the defaults stay allowed
     ],
 )
 def test_options_the_configuration_uses_are_accepted(kw: dict[str, object]) -> None:

@@ -292,7 +292,7 @@ def test_table1_writes_a_row_per_reading(
         # iterations add up over the solves: the first and each restart, 20 at most each
         assert row["mean_iterations"] <= 20 * (1 + row["params"]["restarts"])
     default, last = rows
-    assert (default["params"]["keep"], default["params"]["restarts"]) == ("best", 1)
+    assert (default["params"]["keep"], default["params"]["restarts"]) == ("best", 3)
     assert (last["params"]["keep"], last["params"]["restarts"]) == ("last", 0)
     # one printed line per row, after the header
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("B ")]

@@ -2,11 +2,11 @@
 
 From the library's default reading of the paper (tau = 0.05, kappa = 0, the Eq. 5 flow loss over
 4 neighbours, zero initial flow, flows in pixels, border padding, L-BFGS, the best successful
-iterate kept, one restart of the failed attacks, logits fed to the loss), one choice at a time is changed to what a reproduction did:
+iterate kept, three restarts (std 0.1) of the failed attacks, logits fed to the loss), one choice at a time is changed to what a reproduction did:
 
 * flow loss: Eq. 4 (a square root per pixel), or Eq. 5 scaled by 1/n or 1/sqrt(n);
 * initial flow: Gaussian (std 0.01) instead of zeros;
-* restarts: none (each attack solved once) instead of one Gaussian restart of the failed ones;
+* restarts: none (each attack solved once) instead of three Gaussian restarts of the failed ones;
 * neighbourhood: the 4 diagonal neighbours (the TensorFlow reference) or all 8;
 * flow units: [-1, 1] grid coordinates instead of pixels;
 * ``keep``: the solver's last iterate instead of the best successful one;
