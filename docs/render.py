@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+from stadv.metrics import wilson_interval
 from stadv.models import PAPER_ACCURACY, PAPER_TABLE1_SUCCESS
 from stadv.records import Record, load_records
 
@@ -278,7 +279,168 @@ DEFENSE_NAMES = {
     "ensemble": "ensemble-adv",
     "blur": "blur (3x3, sigma 1)",
     "denoiser": "denoiser",
+    "distillation": "distilled (T = 100)",
+    "pcl": "PCL",
+    "pcl-pgd": "PCL + PGD-adv",
+    "vae": "VAE detector",
 }
+#: The defense sweep's records (``sweeps/results.py --record``) and its attacks, in order.
+SWEEP = "defense-sweep"
+SWEEP_ATTACKS = {
+    "fgsm": "FGSM",
+    "pgd": "PGD",
+    "cw": "C&W",
+    "stadv": "stAdv",
+    "deepfool": "DeepFool (untargeted)",
+    "jsma": "JSMA",
+    "few-pixel": "few-pixel DE",
+}
+
+
+def short_rate(rate_: float, low: float | None, high: float | None) -> str:
+    """``93.3 [78.7, 98.2]`` (percent, one decimal): a compact cell for wide tables."""
+    if low is None or high is None:
+        return f"{100 * rate_:.1f}"
+    return f"{100 * rate_:.1f} [{100 * low:.1f}, {100 * high:.1f}]"
+
+
+def accuracy_under_attack(rec: Record) -> str:
+    """1 - untargeted success over the attacked images (clean errors count as errors), with
+    its Wilson interval."""
+    if rec.n is None or "untargeted_success" not in rec.stats:
+        return "n/a"
+    correct = rec.n - round(rec.stats["untargeted_success"] * rec.n)
+    return short_rate(correct / rec.n, *wilson_interval(correct, rec.n))
+
+
+def _sweep_cell(recs: Records, m: str, d: str, a: str, cell: Callable[[Record], str]) -> str:
+    key = f"{SWEEP}/{m}-{d}-{a}"
+    return cell(recs[key]) if key in recs else "not run"
+
+
+def _sweep_attacks(recs: Records, defenses: Sequence[str]) -> list[str]:
+    """The sweep's attacks with a record for any of ``defenses``, in table order."""
+    return [
+        a
+        for a in SWEEP_ATTACKS
+        if any(f"{SWEEP}/{m}-{d}-{a}" in recs for m in MODELS for d in defenses)
+    ]
+
+
+def defense_sweep(recs: Records) -> str:
+    """Attack success (percent [Wilson 95 %]) per model and defense, every attack of the
+    defense sweep; the detector's row: the share of successful examples it flags."""
+    defenses = [d for d in DEFENSE_NAMES if any(f"{SWEEP}/clean/{m}-{d}" in recs for m in MODELS)]
+    attacks = _sweep_attacks(recs, defenses)
+    rows = []
+    for m in MODELS:
+        for d in defenses:
+            if f"{SWEEP}/clean/{m}-{d}" not in recs:
+                continue
+            clean = recs[f"{SWEEP}/clean/{m}-{d}"]
+            row = [m, DEFENSE_NAMES[d], pct(clean.rate)]
+            for a in attacks:
+                if d == "vae":
+                    row.append(_sweep_cell(recs, m, d, a, detection_cell))
+                else:
+                    row.append(_sweep_cell(recs, m, d, a, lambda r: short_rate(*_bounds(r))))
+            rows.append(row)
+    head = ["model", "defense", "clean accuracy", *[SWEEP_ATTACKS[a] for a in attacks]]
+    return table(head, rows) if rows else "No records.\n"
+
+
+def _bounds(rec: Record) -> tuple[float, float | None, float | None]:
+    return (rec.rate if rec.rate is not None else float("nan"), rec.ci_low, rec.ci_high)
+
+
+def detection_cell(rec: Record) -> str:
+    """``detected 96.7 [83.3, 99.4]``: the share of the attack's successful examples flagged."""
+    if "detection_rate" not in rec.stats:
+        return "n/a"
+    st = rec.stats
+    return "detected " + short_rate(
+        st["detection_rate"], st.get("detection_ci_low"), st.get("detection_ci_high")
+    )
+
+
+def defense_training(recs: Records) -> str:
+    """Each defended model's clean test accuracy and training time (CPU preset); the
+    detector leaves the classifier undefended, so it has no row."""
+    defenses = [d for d in DEFENSE_NAMES if d not in ("none", "vae")]
+    rows = []
+    for d in defenses:
+        cells = []
+        for m in MODELS:
+            key = f"{SWEEP}/clean/{m}-{d}"
+            if key not in recs:
+                cells.append("not run")
+                continue
+            rec = recs[key]
+            took = rec.stats.get("train_seconds")
+            cells.append(pct(rec.rate) + (f", {took:.0f} s" if took is not None else ""))
+        rows.append([DEFENSE_NAMES[d], *cells])
+    return table(["defense (CPU preset)", *[f"Model {m}" for m in MODELS]], rows)
+
+
+def distillation(recs: Records) -> str:
+    """Success of each attack on the undefended and the distilled model, beside the
+    published results (Papernot et al. 2016: JSMA; Carlini & Wagner 2017: C&W)."""
+    paper = {
+        "jsma": "about 95 % -> under 0.5 % (Papernot et al. 2016, MNIST)",
+        "cw": "about 100 % on the distilled model (Carlini & Wagner 2017)",
+    }
+    rows = []
+    for a in ("jsma", "cw", "stadv", "fgsm"):
+        for m in MODELS:
+            cells = [
+                _sweep_cell(recs, m, d, a, lambda r: short_rate(*_bounds(r)))
+                for d in ("none", "distillation")
+            ]
+            published = paper.get(a, "") if m == MODELS[0] else ""
+            rows.append([SWEEP_ATTACKS[a], m, *cells, published])
+    return table(["attack", "model", "undefended", "distilled", "published"], rows)
+
+
+def vae_detector(recs: Records) -> str:
+    """The VAE detector per attack: detection at 5 % FPR, ROC AUC, and the attack that knows
+    the detector (success against classifier and detector together)."""
+    rows = []
+    for m in MODELS:
+        for a in SWEEP_ATTACKS:
+            key = f"{SWEEP}/{m}-vae-{a}"
+            if key not in recs:
+                continue
+            rec = recs[key]
+            st = rec.stats
+            auc = f"{st['roc_auc']:.3f}" if "roc_auc" in st else "n/a"
+            adaptive = "not run"
+            if "adaptive_success_rate" in st:
+                adaptive = short_rate(
+                    st["adaptive_success_rate"],
+                    st.get("adaptive_success_ci_low"),
+                    st.get("adaptive_success_ci_high"),
+                )
+            fpr = f"{100 * st['detector_fpr_test']:.1f}" if "detector_fpr_test" in st else "n/a"
+            row = [m, SWEEP_ATTACKS[a], short_rate(*_bounds(rec)), detection_cell(rec), auc]
+            rows.append([*row, adaptive, fpr])
+    head = ["model", "attack", "success (no detector)", "detection at 5 % FPR", "ROC AUC"]
+    head += ["adaptive success", "FPR on clean test images"]
+    return table(head, rows) if rows else "No records.\n"
+
+
+def pcl(recs: Records) -> str:
+    """Accuracy under attack (1 - untargeted success, percent [Wilson 95 %]) of the undefended
+    model, PCL and PCL with PGD adversarial training."""
+    attacks = [a for a in ("fgsm", "pgd", "cw", "stadv", "deepfool") if a in SWEEP_ATTACKS]
+    rows = []
+    for m in MODELS:
+        for d in ("none", "pcl", "pcl-pgd"):
+            key = f"{SWEEP}/clean/{m}-{d}"
+            clean = pct(recs[key].rate) if key in recs else "not run"
+            cells = [_sweep_cell(recs, m, d, a, accuracy_under_attack) for a in attacks]
+            rows.append([m, DEFENSE_NAMES[d], clean, *cells])
+    head = ["model", "defense", "clean accuracy", *[SWEEP_ATTACKS[a] for a in attacks]]
+    return table(head, rows)
 
 
 def _defense_rows(recs: Records, defenses: Sequence[str]) -> str:
@@ -465,6 +627,11 @@ TABLES: dict[str, Callable[[Records], str]] = {
     "defenses-pgd": defenses_pgd,
     "defenses-other": defenses_other,
     "pgd-training": pgd_training,
+    "defense-sweep": defense_sweep,
+    "defense-training": defense_training,
+    "distillation": distillation,
+    "vae-detector": vae_detector,
+    "pcl": pcl,
 }
 
 

@@ -358,3 +358,68 @@ def test_frontier_rows_and_figure(
         record = json.loads((tmp_path / "records" / f"B-{name}.json").read_text())
         assert (record["n"], record["successes"]) == (9, rows[name]["successes"])
         assert record["command"].startswith("python benchmarks/frontier.py --model B")
+
+
+# ---------------------------------------------------------------------------------------------
+# benchmarks/detector_threshold.py: the VAE detector at a fixed divergence threshold
+# ---------------------------------------------------------------------------------------------
+def _load_detector_threshold() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "detector_threshold", REPO / "benchmarks" / "detector_threshold.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_divergences_vanish_when_the_reconstruction_is_the_input() -> None:
+    import torch
+    from torch import nn
+
+    from defenses.vae_detector import VAEDetector
+
+    script = _load_detector_threshold()
+    torch.manual_seed(0)
+    classifier = nn.Sequential(nn.Flatten(), nn.Linear(16, 10))
+    x = torch.rand(6, 1, 4, 4)
+    same = script.divergences(VAEDetector(nn.Identity(), classifier), x)
+    assert all(float(v.abs().max()) < 1e-6 for v in same.values())
+    # a reconstruction that differs from the input: JSD within (0, ln 2], KL >= 0
+    flip = nn.Sequential(nn.Flatten(), nn.Linear(16, 16), nn.Unflatten(1, (1, 4, 4)))
+    other = script.divergences(VAEDetector(flip, classifier), x)
+    assert bool((other["jsd_t1"] > 0).all()) and bool((other["jsd_t1"] <= math.log(2)).all())
+    assert bool((other["kl_t1"] >= 0).all())
+
+
+@pytest.mark.slow
+def test_detector_threshold_writes_a_record_per_attack(
+    bench_store: Path, data_root: Path, data_source: Path, tmp_path: Path
+) -> None:
+    from defenses.base import DefenseContext
+    from defenses.vae_defense import VAEDetectorDefense
+    from stadv.records import load_records
+    from stadv.store import load_pretrained
+
+    vae_opts = {"epochs": 1, "train_limit": 300, "n_validation": 100}
+    made = VAEDetectorDefense(**vae_opts)  # trains and stores the tiny VAE the script loads
+    model = load_pretrained("B", store=bench_store, data_dir=data_root)
+    made.detector(model, DefenseContext(store=bench_store, data_dir=data_root, variant="t"))
+    base = [sys.executable, str(REPO / "benchmarks" / "detector_threshold.py"), "--model", "B"]
+    base += ["--store", str(bench_store), "--data-dir", str(data_root), "--variant", "t"]
+    base += ["--vae-epochs", "1", "--train-limit", "300", "--n-validation", "100"]
+    folder = tmp_path / "records"
+    cmd = [*base, "--n-images", "4", "--n-clean", "50", "--attacks", "fgsm", "deepfool"]
+    run_script([*cmd, "--record", str(folder)], data_source)
+    recs = load_records(folder)
+    assert set(recs) == {"B-fgsm", "B-deepfool"}
+    for rec in recs.values():
+        assert rec.n == rec.stats["attack_successes"] <= rec.stats["attacks"] == 4
+        assert rec.successes is not None and rec.ci_low is not None and rec.ci_high is not None
+        assert rec.n == 0 or rec.ci_low <= (rec.rate or 0.0) <= rec.ci_high
+        for rule in ("jsd_t1", "kl_t1", "detector"):
+            assert 0 <= rec.stats[f"clean_fpr_{rule}_rate"] <= 1
+    bad = subprocess.run(
+        [*base, "--threshold", "-1"], cwd=REPO, capture_output=True, text=True, timeout=60
+    )
+    assert bad.returncode == 2 and "--threshold must be a finite number > 0, got -1" in bad.stderr

@@ -825,6 +825,54 @@ def test_defense_sweep_smoke_logs_the_table(defense_smoke: dict[str, Any], tmp_p
     assert sidecar["extra"]["defense_params"]["alpha"] == 0.1
 
 
+@pytest.mark.slow
+def test_defense_sweep_cells_become_records(
+    defense_smoke: dict[str, Any], kappa_tau_smoke: dict[str, Any], tmp_path: Path
+) -> None:
+    """``sweeps/results.py --record DIR``: one record per cell and per defended model, with the
+    sweep's commit, n and Wilson interval, the detector's statistics and the training time."""
+    from stadv.records import load_records
+    from stadv_sweeps.plans.report_cli import main as results_main
+
+    assert defense_smoke["proc"].returncode == 0
+    folder = tmp_path / "records"
+    argv = ["--tracking-uri", defense_smoke["uri"], "--experiment", defense_smoke["experiment"]]
+    argv += ["--out", str(tmp_path / "report.md"), "--store", str(defense_smoke["store"])]
+    assert results_main([*argv, "--record", str(folder), "--command", "the sweep as run"]) == 0
+    recs = load_records(folder)
+    cells = {k for k in recs if not k.startswith("clean/")}
+    assert cells == {f"B-{d}-{a}" for d in DEFENSES for a in ATTACKS}
+    assert {k for k in recs if k.startswith("clean/")} == {f"clean/B-{d}" for d in DEFENSES}
+    _, parents, children = runs_of(defense_smoke["uri"], defense_smoke["experiment"])
+    by_cell = {(c.data.params["defense"], c.data.params["attack"]): c for c in children}
+    commit = parents[0].data.tags["git_commit"][:7]
+    for (defense, attack), child in by_cell.items():
+        rec = recs[f"B-{defense}-{attack}"]
+        assert rec.command == "the sweep as run" and rec.commit.startswith(commit) and rec.n == 2
+        kind = "success" if attack != "deepfool" else "untargeted_success"
+        assert rec.rate == pytest.approx(child.data.metrics[kind])
+        assert rec.ci_low is not None and rec.ci_low <= rec.rate <= (rec.ci_high or 0)
+        assert rec.tags["targets"] == ("untargeted" if attack == "deepfool" else "targeted")
+        assert rec.stats["test_accuracy"] == child.data.metrics["test_accuracy"]
+        assert ("roc_auc" in rec.stats) is (defense == "vae" and "roc_auc" in child.data.metrics)
+        assert recs[f"clean/B-{defense}"].rate == pytest.approx(
+            child.data.metrics["test_accuracy"], abs=1e-4
+        )
+    assert recs["clean/B-pgd"].n == 2000  # the smoke test's evaluation images
+    assert recs["clean/B-pgd"].stats["train_seconds"] > 0  # from the checkpoint's sidecar
+    assert "train_seconds" not in recs["clean/B-blur"].stats  # nothing trained
+    # a sweep without defenses has no cells to record: an error naming it, nothing written
+    other = [
+        "--tracking-uri",
+        kappa_tau_smoke["uri"],
+        "--experiment",
+        kappa_tau_smoke["experiment"],
+    ]
+    other += ["--out", str(tmp_path / "kt.md"), "--record", str(tmp_path / "none")]
+    assert results_main(other) == 2
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize(
     ("extra", "message"),
     [

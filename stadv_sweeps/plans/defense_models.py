@@ -125,6 +125,7 @@ class DefendedModels:
                 "defense_variant": info.variant,
                 "defense_epochs": info.epochs,
                 "defense_train_images": info.extra.get("train_images", ""),
+                "defense_train_seconds": info.train_seconds,
             }
             return bundle(name, model, info=_info(self.accuracy(model, info), params))
         base, base_info = self.undefended(name)
