@@ -99,8 +99,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--threshold", type=float, default=0.3, help="the fixed threshold [0.3]")
     p.add_argument("--attacks", nargs="+", default=list(ATTACK_OPTIONS), choices=ATTACK_OPTIONS)
     p.add_argument("--variant", default="cpu", help="the stored VAE's preset suffix [cpu]")
-    p.add_argument("--vae-epochs", type=int, default=2, help="as the stored VAE's [2]")
-    p.add_argument("--train-limit", type=int, default=10_000, help="as the VAE's [10000]")
+    p.add_argument("--vae-epochs", type=int, default=5, help="as the stored VAE's [5]")
+    p.add_argument(
+        "--train-limit", type=int, default=None, help="as the VAE's [None: all training images]"
+    )
     p.add_argument("--n-validation", type=int, default=1000, help="as the VAE's [1000]")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--store", default=None, help="model store (default ~/.cache/stadv/models)")
@@ -206,7 +208,7 @@ def record(row: dict[str, Any], args: argparse.Namespace, command: str) -> Any:
         notes=(
             f"first {args.n_images} test images, one random target each (DeepFool untargeted); "
             f"clean FPR on the first {args.n_clean} test images; VAE variant {args.variant!r} "
-            f"({args.vae_epochs} epochs, first {args.train_limit} training images, "
+            f"({args.vae_epochs} epochs, first {args.train_limit or 'all'} training images, "
             f"{args.n_validation} held out for the 5 %-FPR threshold)"
         ),
     )

@@ -443,24 +443,6 @@ def pcl(recs: Records) -> str:
     return table(head, rows)
 
 
-def _defense_rows(recs: Records, defenses: Sequence[str]) -> str:
-    rows = []
-    for m in MODELS:
-        for d in defenses:
-            clean = recs[f"training/mnist-{m}" if d == "none" else f"defenses/clean/{m}-{d}"]
-            attacks = [rate(recs[f"defenses/{m}-{d}-{a}"]) for a in ("fgsm", "cw", "stadv")]
-            rows.append([m, DEFENSE_NAMES[d], pct(clean.rate), *attacks])
-    return table(["model", "defense", "clean accuracy", "FGSM", "C&W", "stAdv"], rows)
-
-
-def defenses_pgd(recs: Records) -> str:
-    return _defense_rows(recs, ("none", "pgd"))
-
-
-def defenses_other(recs: Records) -> str:
-    return _defense_rows(recs, ("fgsm", "ensemble", "blur", "denoiser"))
-
-
 def pgd_training(recs: Records) -> str:
     rows = [
         [label, *[pct(recs[f"defenses/clean/{m}-{d}"].rate) for m in MODELS]]
@@ -624,8 +606,6 @@ TABLES: dict[str, Callable[[Records], str]] = {
     "speedups": speedups,
     "sweeps": sweeps,
     "input-grad": input_grad,
-    "defenses-pgd": defenses_pgd,
-    "defenses-other": defenses_other,
     "pgd-training": pgd_training,
     "defense-sweep": defense_sweep,
     "defense-training": defense_training,
