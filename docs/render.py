@@ -428,6 +428,60 @@ def vae_detector(recs: Records) -> str:
     return table(head, rows) if rows else "No records.\n"
 
 
+def detector_threshold(recs: Records) -> str:
+    """The VAE detector at a fixed divergence of 0.3 (the write-up's) beside its 5 %-FPR
+    threshold: the share of each attack's successful examples flagged, and of clean images."""
+    rules = (
+        ("jsd_t1", "JSD (T = 1) > 0.3"),
+        ("kl_t1", "KL (T = 1) > 0.3"),
+        ("detector", "detector at 5 % FPR"),
+    )
+    order = list(SWEEP_ATTACKS)
+
+    def place(key: str) -> tuple[str, int]:
+        attack = recs[key].tags.get("attack", "")
+        return (recs[key].tags.get("model", ""), order.index(attack) if attack in order else 99)
+
+    keys = sorted((k for k in recs if k.startswith("detector-threshold/")), key=place)
+    rows = []
+    for key in keys:
+        rec = recs[key]
+        st = rec.stats
+
+        def cell(part: str, rule: str, st: Mapping[str, float] = st) -> str:
+            stem = f"{part}_{rule}"
+            if f"{stem}_rate" not in st:
+                return "n/a"
+            return short_rate(
+                st[f"{stem}_rate"], st.get(f"{stem}_ci_low"), st.get(f"{stem}_ci_high")
+            )
+
+        succeeded = f"{st.get('attack_successes', 0):.0f} of {st.get('attacks', 0):.0f}"
+        rows.append(
+            [
+                rec.tags.get("model", "?"),
+                SWEEP_ATTACKS.get(rec.tags.get("attack", ""), "?"),
+                succeeded,
+            ]
+            + [cell("detection", r) for r, _ in rules]
+        )
+    if not rows:
+        return "No records.\n"
+    first = recs[keys[0]].stats
+    rows.append(
+        ["", "clean test images (false positives)", ""]
+        + [
+            short_rate(
+                first[f"clean_fpr_{r}_rate"],
+                first.get(f"clean_fpr_{r}_ci_low"),
+                first.get(f"clean_fpr_{r}_ci_high"),
+            )
+            for r, _ in rules
+        ]
+    )
+    return table(["model", "attack", "successful examples", *[label for _, label in rules]], rows)
+
+
 def pcl(recs: Records) -> str:
     """Accuracy under attack (1 - untargeted success, percent [Wilson 95 %]) of the undefended
     model, PCL and PCL with PGD adversarial training."""
@@ -612,6 +666,7 @@ TABLES: dict[str, Callable[[Records], str]] = {
     "distillation": distillation,
     "vae-detector": vae_detector,
     "pcl": pcl,
+    "detector-threshold": detector_threshold,
 }
 
 
