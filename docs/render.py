@@ -307,9 +307,9 @@ def short_rate(rate_: float, low: float | None, high: float | None) -> str:
 def accuracy_under_attack(rec: Record) -> str:
     """1 - untargeted success over the attacked images (clean errors count as errors), with
     its Wilson interval."""
-    if rec.n is None or "untargeted_success" not in rec.stats:
+    if rec.n is None or "untargeted_success_rate" not in rec.stats:
         return "n/a"
-    correct = rec.n - round(rec.stats["untargeted_success"] * rec.n)
+    correct = rec.n - round(rec.stats["untargeted_success_rate"] * rec.n)
     return short_rate(correct / rec.n, *wilson_interval(correct, rec.n))
 
 
@@ -420,11 +420,14 @@ def vae_detector(recs: Records) -> str:
                     st.get("adaptive_success_ci_low"),
                     st.get("adaptive_success_ci_high"),
                 )
-            fpr = f"{100 * st['detector_fpr_test']:.1f}" if "detector_fpr_test" in st else "n/a"
+            fpr = "n/a"
+            if "detector_fpr_test" in st and rec.n:
+                flagged = round(st["detector_fpr_test"] * rec.n)
+                fpr = short_rate(flagged / rec.n, *wilson_interval(flagged, rec.n))
             row = [m, SWEEP_ATTACKS[a], short_rate(*_bounds(rec)), detection_cell(rec), auc]
             rows.append([*row, adaptive, fpr])
     head = ["model", "attack", "success (no detector)", "detection at 5 % FPR", "ROC AUC"]
-    head += ["adaptive success", "FPR on clean test images"]
+    head += ["adaptive success", "flagged clean (the attacked images)"]
     return table(head, rows) if rows else "No records.\n"
 
 

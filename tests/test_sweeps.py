@@ -854,6 +854,7 @@ def test_defense_sweep_cells_become_records(
         assert rec.ci_low is not None and rec.ci_low <= rec.rate <= (rec.ci_high or 0)
         assert rec.tags["targets"] == ("untargeted" if attack == "deepfool" else "targeted")
         assert rec.stats["test_accuracy"] == child.data.metrics["test_accuracy"]
+        assert rec.stats["untargeted_success_rate"] == child.data.metrics["untargeted_success"]
         assert ("roc_auc" in rec.stats) is (defense == "vae" and "roc_auc" in child.data.metrics)
         assert recs[f"clean/B-{defense}"].rate == pytest.approx(
             child.data.metrics["test_accuracy"], abs=1e-4

@@ -28,8 +28,20 @@ from stadv.records import Machine, Record, machine_info, make_record, write_reco
 from stadv_sweeps.plans.defense_spec import ATTACK_LABELS, DEFENSE_LABELS, DETECTORS
 from stadv_sweeps.plans.defense_table import DETECTION_COLUMNS, success_table
 
-#: Run metrics copied into a cell's ``stats`` (the ``stats/`` ones, prefix dropped, too).
-CELL_METRICS = ("clean_accuracy", "untargeted_success", "trial_seconds", "detector_fpr_test")
+#: Trial metrics (library names, :func:`frame_from_mlflow`) copied into a cell's ``stats``,
+#: besides every ``mean_*`` / ``median_*`` statistic of the attack.
+CELL_METRICS = (
+    "clean_accuracy",
+    "untargeted_success_rate",
+    "untargeted_success_ci_low",
+    "untargeted_success_ci_high",
+    "seconds",
+    "attacks_per_second",
+    "restarted_attacks",
+    "trial_seconds",
+    "detector_fpr_test",
+    "detection_attacks",
+)
 
 
 def _finite(value: Any) -> float | None:
@@ -71,8 +83,9 @@ def defense_records(
     command: str,
     store: Path | None = None,
 ) -> dict[str, Record]:
-    """Records of a defense sweep's finished trials ``df`` (:func:`runs_frame`, library
-    names), keyed by their path under the records folder (without ``.json``)."""
+    """Records of a defense sweep's finished trials ``df`` (:func:`runs_frame` through
+    :func:`frame_from_mlflow`: library names), keyed by their path under the records folder
+    (without ``.json``)."""
     if not len(df) or "defense" not in df.columns:
         raise ValueError("not a defense sweep: its trials have no 'defense' parameter")
     table = success_table(df)
@@ -96,10 +109,10 @@ def defense_records(
         stats: dict[str, float] = {"test_accuracy": float(r["test_accuracy"])}
         for name, value in row.items():
             key = str(name)
-            if key.startswith("stats/") or key in CELL_METRICS:
+            if key.startswith(("mean_", "median_")) or key in CELL_METRICS:
                 v = _finite(value)
                 if v is not None:
-                    stats[key.removeprefix("stats/")] = v
+                    stats[key] = v
         if d in DETECTORS:
             for name in DETECTION_COLUMNS:
                 v = _finite(r[name])
