@@ -25,6 +25,7 @@ from typing import Any
 import pandas as pd
 
 from stadv.records import Machine, Record, machine_info, make_record, write_record
+from stadv.store import checkpoint_path
 from stadv_sweeps.plans.defense_spec import ATTACK_LABELS, DEFENSE_LABELS, DETECTORS
 from stadv_sweeps.plans.defense_table import DETECTION_COLUMNS, success_table
 
@@ -72,7 +73,7 @@ def _sidecar(store: Path | None, dataset: str, model: str, variant: str) -> dict
     """The stored checkpoint's sidecar of a trained defense ({} when not there)."""
     if store is None or not variant or variant == "default":
         return {}
-    path = store / f"{dataset}-{model}-{variant}.json"
+    path = checkpoint_path(model, dataset, store=store, variant=variant).with_suffix(".json")
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
