@@ -19,7 +19,8 @@ correctly, so that every success is the attack's), it runs:
   ``recombination=1``, F = 0.5, random init, no polishing, stopped at the first successful
   candidate), and torchattacks' ``OnePixel(pixels=k, steps=G, popsize=S)`` (its vendored
   SciPy DE, per image, F dithered in [0.5, 1), stopped when the *best* member succeeds);
-  untargeted; statistic: success per k.
+  untargeted; statistic: success per k. ``--implementations stadv-bf16`` adds FewPixel with
+  ``fitness_precision="bf16"`` (fitness in bfloat16, every success confirmed in fp32).
 
 For the DE rows, the model evaluations and the CPU milliseconds per evaluation are recorded
 too (on a shared machine CPU time is steadier than wall time; ``--de-max-batch`` sets
@@ -42,6 +43,7 @@ the model store (``--model``, ``--store``) and must already be trained there.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import importlib.util
 import json
@@ -362,7 +364,8 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------------- main
 
 ATTACK_NAMES = ("deepfool", "jsma", "few-pixel")
-IMPLEMENTATIONS = ("stadv", "torchattacks", "scipy")
+#: ``stadv-bf16`` runs only for few-pixel DE: :class:`FewPixel` with ``fitness_precision="bf16"``
+IMPLEMENTATIONS = ("stadv", "stadv-bf16", "torchattacks", "scipy")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -569,15 +572,20 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 max_batch=args.de_max_batch,
             )
             name = f"few-pixel-{k}"
-            if "stadv" in impl:
+            for ours_impl, ours_de in (
+                ("stadv", de),
+                ("stadv-bf16", dataclasses.replace(de, fitness_precision="bf16")),
+            ):
+                if ours_impl not in impl:
+                    continue
                 ours: dict[str, int] = {}
 
-                def run_ours(de: FewPixel = de, ours: dict[str, int] = ours) -> torch.Tensor:
+                def run_ours(de: FewPixel = ours_de, ours: dict[str, int] = ours) -> torch.Tensor:
                     result = de(model, x, y)
                     ours["evaluations"] = int(result.evaluations.sum())
                     return result.adv_images
 
-                r = row(name, "stadv", model, x, y, None, run_ours, "pixels_changed", device)
+                r = row(name, ours_impl, model, x, y, None, run_ours, "pixels_changed", device)
                 per_eval(r, ours["evaluations"])
                 add(r)
             if "scipy" in impl:
@@ -616,17 +624,24 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     print()
     print_table(rows)
     speedups: dict[str, dict[str, float]] = {}
-    for r in rows:
-        if r["implementation"] == "stadv":
+    ours_impls = ("stadv", "stadv-bf16")
+    for mine in rows:
+        if mine["implementation"] not in ours_impls:
             continue
-        mine = next(
-            (q for q in rows if q["attack"] == r["attack"] and q["implementation"] == "stadv"),
-            None,
-        )
-        if mine is not None:
-            speedups.setdefault(r["attack"], {})[r["implementation"]] = (
-                mine["attacks_per_second"] / r["attacks_per_second"]
-            )
+        for r in rows:
+            if (
+                r["attack"] == mine["attack"]
+                and r is not mine
+                and r["implementation"] != "stadv-bf16"
+            ):
+                key = (
+                    r["implementation"]
+                    if mine["implementation"] == "stadv"
+                    else (f"{r['implementation']}, ours in bf16")
+                )
+                speedups.setdefault(r["attack"], {})[key] = (
+                    mine["attacks_per_second"] / r["attacks_per_second"]
+                )
     if speedups:
         print("\nspeedup of stadv (attacks/s ratio):")
         for attack, by in speedups.items():

@@ -246,6 +246,36 @@ def test_few_pixel_targeted_and_seeded(
     torch.testing.assert_close(e.adv_images, d.adv_images, atol=1e-6, rtol=0)
 
 
+def test_bf16_fitness_finds_exactly_the_fp32_successes(
+    tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """Under ``fitness_precision="bf16"`` a candidate is a success exactly when the fp32 model
+    says so (every candidate within CONFIRM_BAND logits is evaluated again in fp32, and
+    counted), and the attack's success mask is the model's fp32 prediction."""
+    x, y = batch[0][:6], batch[1][:6]
+    gen = torch.Generator().manual_seed(3)
+    low = FewPixel(pixels=5, population=64, fitness_precision="bf16")
+    z = torch.stack([low._initial((1, 28, 28), gen) for _ in range(6)])  # (6, 64, 5, 3)
+    for targeted, cls in ((False, y), (True, (y + 1) % 10)):
+        fit, hit, evals = low._evaluate(tiny_model_b.eval(), x, z, cls, targeted)
+        imgs = FewPixel.render(
+            x.unsqueeze(1).expand(6, 64, 1, 28, 28).reshape(-1, 1, 28, 28), z.reshape(-1, 5, 3)
+        )
+        with torch.no_grad():
+            pred = tiny_model_b(imgs).argmax(1).view(6, 64)
+        want = cls.unsqueeze(1)
+        assert torch.equal(hit, pred == want if targeted else pred != want)
+        assert bool((evals >= 64).all()) and bool((evals <= 128).all())
+        assert fit.shape == (6, 64) and bool(((fit >= 0) & (fit <= 1)).all())
+    r = FewPixel(pixels=5, population=40, generations=10, fitness_precision="bf16")(
+        tiny_model_b, x, y
+    )
+    with torch.no_grad():
+        assert torch.equal(r.success, tiny_model_b(r.adv_images).argmax(1) != y)
+    assert bool((r.evaluations >= 1 + 40 * (r.iterations + 1)).all())
+    assert bool((r.extra["pixels_changed"] <= 5).all())
+
+
 def test_misclassified_images_are_returned_unchanged(
     tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
@@ -300,6 +330,7 @@ def test_targeted_and_untargeted_refusals(
         (FewPixel, {"mutation": 0.0}),
         (FewPixel, {"max_batch": 0}),
         (FewPixel, {"seed": -1}),
+        (FewPixel, {"fitness_precision": "fp16"}),
     ],
 )
 def test_bad_hyper_parameters_name_option_and_value(cls: Any, kwargs: dict[str, Any]) -> None:
@@ -348,7 +379,7 @@ def test_benchmark_script_runs_and_writes_json(data_root: Path, tmp_path: Path) 
                 "--quick-model",
                 "--n-images", "2",
                 "--attacks", "deepfool", "few-pixel",
-                "--implementations", "stadv", "scipy",
+                "--implementations", "stadv", "stadv-bf16", "scipy",
                 "--pixels", "1",
                 "--de-population", "8",
                 "--de-generations", "2",
@@ -366,7 +397,13 @@ def test_benchmark_script_runs_and_writes_json(data_root: Path, tmp_path: Path) 
         ("deepfool-l2", "stadv"),
         ("deepfool-linf", "stadv"),
         ("few-pixel-1", "stadv"),
+        ("few-pixel-1", "stadv-bf16"),
         ("few-pixel-1", "scipy"),
+    }
+    assert set(saved["speedup_of_stadv"]["few-pixel-1"]) == {
+        "scipy",
+        "scipy, ours in bf16",
+        "stadv, ours in bf16",
     }
     for r in saved["rows"]:
         assert r["n"] == 2 and r["seconds"] > 0 and r["attacks_per_second"] > 0
