@@ -388,7 +388,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--de-max-batch",
         type=int,
         default=None,
-        help="FewPixel's max_batch (default: one model call per generation)",
+        help="FewPixel's max_batch (default: 256 on a CPU, one model call per generation on a GPU)",
     )
     p.add_argument("--threads", type=int, default=1, help="torch (and BLAS) threads")
     p.add_argument("--device", default=None, help="default: CUDA when available, else CPU")
