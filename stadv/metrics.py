@@ -23,7 +23,10 @@ from stadv.result import AttackResult
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (default 95 %). ``n = 0`` gives (nan, nan)."""
+    """Wilson score interval for a binomial proportion (default 95 %). ``n = 0`` gives (nan, nan).
+
+    The bound on the side of an observed 0 or n is exact (0.0 or 1.0), not a rounding residue of
+    ``centre - half``."""
     if n < 0 or successes < 0 or successes > n:
         raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
     if n == 0:
@@ -32,7 +35,9 @@ def wilson_interval(successes: int, n: int, z: float = 1.959963984540054) -> tup
     denom = 1 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return (max(0.0, centre - half), min(1.0, centre + half))
+    low = 0.0 if successes == 0 else max(0.0, centre - half)
+    high = 1.0 if successes == n else min(1.0, centre + half)
+    return (low, high)
 
 
 def _mean(t: torch.Tensor | None) -> float:

@@ -141,6 +141,16 @@ def test_make_record_computes_the_wilson_interval() -> None:
         record(successes=901)
 
 
+def test_wilson_interval_ends_exactly_at_an_observed_zero_or_n() -> None:
+    # 0 of 100 once stored ci_low as 3.5e-18, a rounding residue of centre - half.
+    low, high = wilson_interval(0, 100)
+    assert low == 0.0 and round(100 * high, 2) == 3.70
+    low, high = wilson_interval(100, 100)
+    assert high == 1.0 and round(100 * low, 2) == 96.30
+    low, high = wilson_interval(1, 100)
+    assert 0.0 < low < 0.01 < high < 1.0
+
+
 def test_record_json_round_trip(tmp_path: Path) -> None:
     rec = record(
         paper=0.9998,
