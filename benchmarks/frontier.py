@@ -59,6 +59,7 @@ SCHEDULES: dict[str, dict[str, Any]] = {
     "polish-50": {"stop": "first-success", "polish": 50},
     "polish-100": {"stop": "first-success", "polish": 100},
     "polish-150": {"stop": "first-success", "polish": 150},
+    "polish-150-bf16": {"stop": "first-success", "polish": 150, "precision": "bf16"},
     "budget-50": {"stop": "converged", "max_iterations": 50},
     "budget-100": {"stop": "converged", "max_iterations": 100},
     "budget-150": {"stop": "converged", "max_iterations": 150},

@@ -18,9 +18,11 @@ correctly, so that every success is the attack's), it runs:
   (one image at a time, an image's whole population per model call; ``rand1bin`` with
   ``recombination=1``, F = 0.5, random init, no polishing, stopped at the first successful
   candidate), and torchattacks' ``OnePixel(pixels=k, steps=G, popsize=S)`` (its vendored
-  SciPy DE, per image, F dithered in [0.5, 1), stopped when the *best* member succeeds);
-  untargeted; statistic: success per k. ``--implementations stadv-bf16`` adds FewPixel with
-  ``fitness_precision="bf16"`` (fitness in bfloat16, every success confirmed in fp32).
+  SciPy DE, per image, ``best1bin``, F dithered in [0.5, 1), stopped when the *best* member
+  succeeds); untargeted; statistic: success per k. ``--implementations stadv-bf16`` adds
+  FewPixel with ``fitness_precision="bf16"`` (fitness in bfloat16, every success confirmed in
+  fp32), ``stadv-bf16-best1`` the same with torchattacks' DE variant (``strategy="best1"``,
+  ``mutation_high=1.0``).
 
 For the DE rows, the model evaluations and the CPU milliseconds per evaluation are recorded
 too (on a shared machine CPU time is steadier than wall time; ``--de-max-batch`` sets
@@ -364,8 +366,9 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------------- main
 
 ATTACK_NAMES = ("deepfool", "jsma", "few-pixel")
-#: ``stadv-bf16`` runs only for few-pixel DE: :class:`FewPixel` with ``fitness_precision="bf16"``
-IMPLEMENTATIONS = ("stadv", "stadv-bf16", "torchattacks", "scipy")
+#: ``stadv-bf16`` and ``stadv-bf16-best1`` run only for few-pixel DE: :class:`FewPixel` with
+#: ``fitness_precision="bf16"`` (and DE/best/1 with F in [0.5, 1))
+IMPLEMENTATIONS = ("stadv", "stadv-bf16", "stadv-bf16-best1", "torchattacks", "scipy")
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -572,9 +575,14 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 max_batch=args.de_max_batch,
             )
             name = f"few-pixel-{k}"
+            bf16 = dataclasses.replace(de, fitness_precision="bf16")
             for ours_impl, ours_de in (
                 ("stadv", de),
-                ("stadv-bf16", dataclasses.replace(de, fitness_precision="bf16")),
+                ("stadv-bf16", bf16),
+                (
+                    "stadv-bf16-best1",
+                    dataclasses.replace(bf16, strategy="best1", mutation_high=1.0),
+                ),
             ):
                 if ours_impl not in impl:
                     continue

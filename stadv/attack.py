@@ -68,7 +68,12 @@ from stadv.flow import (
 )
 from stadv.margin import margin_loss
 from stadv.options import check_choice, check_int, check_real
-from stadv.precision import PRECISIONS, Precision
+from stadv.precision import (
+    BF16_LOGIT_ERROR,
+    PRECISIONS,
+    Precision,
+    precision_policy_unchecked,
+)
 from stadv.result import AttackResult
 from stadv.solvers.base import SolverResult
 from stadv.targets import TargetSpec
@@ -215,10 +220,13 @@ class StAdv:
         device: where to run [None: the images' device]. Set by the runtime, not an option of
             the schema (:mod:`stadv.options`).
         check: run the sanity checks (probabilities, zero gradients) and warn [True].
-        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
-            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
-            verdict on the returned images is strict fp32 either way
-            (:mod:`stadv.precision`).
+        precision: the policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict], ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs) or ``"bf16"``
+            (bfloat16 autocast: about half the CPU time of a model evaluation; the search
+            then accepts an iterate only :data:`~stadv.precision.BF16_LOGIT_ERROR` logits
+            beyond ``success_margin``, and each run's kept iterates are checked in fp32, a
+            failed check counting as a failure that ``restarts`` solve again); the verdict on
+            the returned images is strict fp32 in every case (:mod:`stadv.precision`).
 
     Every option is validated once, at construction (``ValueError`` naming the option, the
     value and the allowed values); an option the chosen solver or setting ignores, given a
@@ -476,6 +484,7 @@ class StAdv:
         attacks it re-solved.
         """
         flow, found, res = self._solve_rows(model, x, y, t, restart=0)
+        found = self._confirmed(model, x, y, t, flow, found)
         iterations = res.iterations.to(torch.int64).clone()
         evaluations = res.evaluations.to(torch.int64).clone()
         reasons = list(res.stop_reason)
@@ -491,6 +500,7 @@ class StAdv:
             sub_flow, sub_found, sub = self._solve_rows(
                 model, x[failed], y[failed], sub_t, restart=k
             )
+            sub_found = self._confirmed(model, x[failed], y[failed], sub_t, sub_flow, sub_found)
             # a restart that also fails keeps its own last iterate (keep="last"/"best" alike)
             flow[failed] = sub_flow
             found[failed] = sub_found
@@ -526,22 +536,12 @@ class StAdv:
                 logits = model(adv)
                 scores = logits.softmax(dim=1) if self.loss_input == "softmax" else logits
                 margin = margin_loss(scores, y[idx], None if t is None else t[idx])
-                l_adv = margin.clamp(min=-self.kappa)
+                l_adv = margin.clamp(min=-self.search_kappa)
                 l_flow = self._flow_loss(flow)
                 total = l_adv + self.tau * l_flow
                 (grad,) = torch.autograd.grad(total.sum(), flow)
             with torch.no_grad():
-                if self.success_margin > 0:
-                    # a margin <= -success_margin < 0 implies the argmax test
-                    logit_margin = (
-                        margin
-                        if self.loss_input == "logits"
-                        else margin_loss(logits, y[idx], None if t is None else t[idx])
-                    )
-                    ok = logit_margin <= -self.success_margin
-                else:
-                    pred = logits.argmax(dim=1)
-                    ok = pred == t[idx] if t is not None else pred != y[idx]
+                ok = self._accepted(logits, margin, y[idx], None if t is None else t[idx])
                 better = ok & (l_flow < best_loss[idx])
                 if bool(better.any()):
                     sel = idx[better]
@@ -567,6 +567,68 @@ class StAdv:
         else:
             flow = last
         return flow, found, res
+
+    @property
+    def search_kappa(self) -> float:
+        """The hinge's floor in the searched objective: ``kappa``, plus
+        :data:`~stadv.precision.BF16_LOGIT_ERROR` under ``precision="bf16"`` (at kappa 0 the
+        objective stops pulling at a margin of 0, where bfloat16's logits cannot tell success
+        from failure, so the search would never settle :attr:`acceptance_margin` inside)."""
+        return self.kappa + (BF16_LOGIT_ERROR if self.precision == "bf16" else 0.0)
+
+    @property
+    def acceptance_margin(self) -> float:
+        """How far inside the success region (in logits) the search accepts an iterate:
+        ``success_margin``, plus :data:`~stadv.precision.BF16_LOGIT_ERROR` under
+        ``precision="bf16"``, whose logits are that much less exact than the fp32 verdict's."""
+        extra = BF16_LOGIT_ERROR if self.precision == "bf16" else 0.0
+        return self.success_margin + extra
+
+    def _accepted(
+        self,
+        logits: torch.Tensor,
+        margin: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """The search's acceptance test (M,) of iterates with ``logits`` (M, K) and loss
+        ``margin`` (M,): margin <= -:attr:`acceptance_margin` (which implies the argmax test),
+        or the argmax test itself when that margin is 0."""
+        accept = self.acceptance_margin
+        if accept > 0:
+            logit_margin = margin if self.loss_input == "logits" else margin_loss(logits, y, t)
+            return logit_margin <= -accept
+        pred = logits.argmax(dim=1)
+        return pred == t if t is not None else pred != y
+
+    def _confirmed(
+        self,
+        model: nn.Module,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        t: torch.Tensor | None,
+        flow: torch.Tensor,
+        found: torch.Tensor,
+    ) -> torch.Tensor:
+        """``found`` (M,) where the kept ``flow`` also succeeds in strict fp32 with
+        ``success_margin`` (one forward pass of the found rows): under ``precision="bf16"`` an
+        attack whose kept iterate fails in fp32 counts as failed, so a restart solves it again.
+        Under the other policies ``found`` as it is (the search's own test is the fp32 one)."""
+        rows = found.nonzero().squeeze(1)
+        if self.precision != "bf16" or rows.numel() == 0:
+            return found
+        sub_t = None if t is None else t[rows]
+        with torch.no_grad(), precision_policy_unchecked("fp32"):
+            logits = model(self._warp(x[rows], flow[rows]))
+        margin = margin_loss(logits, y[rows], sub_t)
+        if self.success_margin > 0:
+            ok = margin <= -self.success_margin
+        else:
+            pred = logits.argmax(dim=1)
+            ok = pred == sub_t if sub_t is not None else pred != y[rows]
+        confirmed = found.clone()
+        confirmed[rows] = ok
+        return confirmed
 
     def _solve(self, objective: Any, x0: torch.Tensor, should_stop: Any) -> SolverResult:
         if self.solver == "lbfgs":

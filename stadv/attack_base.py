@@ -28,7 +28,12 @@ from torch import nn
 from stadv.margin import margin_loss
 from stadv.model_mode import prepared_model
 from stadv.options import check_bounds, check_int
-from stadv.precision import Precision, check_precision, precision_policy_unchecked
+from stadv.precision import (
+    Precision,
+    check_precision,
+    float32_logits,
+    precision_policy_unchecked,
+)
 from stadv.result import AttackResult
 from stadv.sanity import check_model
 from stadv.targets import TargetSpec, expand_targets
@@ -212,13 +217,14 @@ def attack_batch(
 
     Starts the timer, validates the inputs (:func:`check_inputs`; their range against
     ``bounds`` unless it is None), detaches them and moves them to ``device`` (None: where they
-    are), enters :func:`~stadv.model_mode.prepared_model` and ``attack.precision``'s
-    :func:`~stadv.precision.precision_policy` (both restored on exit; every attack's model
-    evaluations run inside, the fp32 verdict of :meth:`AttackBatch.finish` excepted), warns about a
-    suspicious model on the first 8 images when ``attack.check``
-    (:func:`stadv.sanity.check_model`), and expands the targets
-    (:func:`stadv.targets.expand_targets` with ``attack.num_classes`` and ``attack.seed``, 0
-    where it is None).
+    are), enters :func:`~stadv.model_mode.prepared_model`, warns about a suspicious model on the
+    first 8 images when ``attack.check`` (:func:`stadv.sanity.check_model`) and expands the
+    targets (:func:`stadv.targets.expand_targets` with ``attack.num_classes`` and
+    ``attack.seed``, 0 where it is None), both in strict fp32 so the targets never depend on the
+    policy, then enters ``attack.precision``'s :func:`~stadv.precision.precision_policy` (both
+    restored on exit; every search evaluation runs inside, the fp32 verdict of
+    :meth:`AttackBatch.finish` excepted). ``batch.net`` returns fp32 logits under every policy
+    (:func:`~stadv.precision.float32_logits`).
 
     Example::
 
@@ -232,14 +238,17 @@ def attack_batch(
     dev = images.device if device is None else device
     x0 = images.detach().to(dev)
     y0 = labels.detach().to(dev)
-    with prepared_model(model) as net, precision_policy_unchecked(attack.precision):
-        if attack.check and x0.shape[0]:
-            check_model(net, x0[:8])
-        seed = 0 if attack.seed is None else attack.seed
-        x, y, t, src = expand_targets(
-            net, x0, y0, targets, num_classes=attack.num_classes, seed=seed
-        )
-        yield AttackBatch(net, x, y, t, src, start)
+    with prepared_model(model) as net:
+        with precision_policy_unchecked("fp32"):
+            if attack.check and x0.shape[0]:
+                check_model(net, x0[:8])
+            seed = 0 if attack.seed is None else attack.seed
+            x, y, t, src = expand_targets(
+                net, x0, y0, targets, num_classes=attack.num_classes, seed=seed
+            )
+        with precision_policy_unchecked(attack.precision):
+            searched = float32_logits(net, attack.precision)
+            yield AttackBatch(searched, x, y, t, src, start)
 
 
 class PixelAttack:

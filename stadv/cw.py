@@ -61,10 +61,10 @@ class CarliniWagnerL2(PixelAttack):
         bounds: valid pixel range (low, high) [(0.0, 1.0)].
         num_classes: classes of the model [10]. seed: for the ``"random"`` targets [0].
         check: warn (:mod:`stadv.sanity`) about probability outputs or zero gradients [True].
-        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
-            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
-            verdict on the returned images is strict fp32 either way
-            (:mod:`stadv.precision`).
+        precision: the policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict], ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs) or ``"bf16"``
+            (bfloat16 autocast); the verdict on the returned images is strict fp32 in every
+            case (:mod:`stadv.precision`).
 
     Call: ``attack(model, images, labels, targets=None) -> AttackResult``; ``iterations`` and
     ``evaluations`` count every Adam step (one forward and backward pass each) over all search

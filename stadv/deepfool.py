@@ -49,10 +49,10 @@ class DeepFool(PixelAttack):
         num_classes: K, classes of the model [10]; every other class is a candidate boundary.
         seed: unused by DeepFool (deterministic); kept for the shared target plumbing [0].
         check: warn (:mod:`stadv.sanity`) about probability outputs or zero gradients [True].
-        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
-            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
-            verdict on the returned images is strict fp32 either way
-            (:mod:`stadv.precision`).
+        precision: the policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict], ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs) or ``"bf16"``
+            (bfloat16 autocast); the verdict on the returned images is strict fp32 in every
+            case (:mod:`stadv.precision`).
 
     Call: ``attack(model, images, labels) -> AttackResult`` with ``images`` (N, C, H, W) in
     ``bounds`` and ``labels`` (N,); passing ``targets`` raises ``ValueError`` (DeepFool moves

@@ -61,6 +61,7 @@ from stadv.precision import Precision
 from stadv.result import AttackResult
 
 FitnessPrecision = Literal["fp32", "bf16"]
+Strategy = Literal["rand1", "best1"]
 
 #: Logit units: a candidate whose bfloat16 margin (the winning logit minus the best other, the
 #: sign that means success) is above ``-CONFIRM_BAND`` is evaluated again in fp32, and only that
@@ -82,6 +83,14 @@ class FewPixel(PixelAttack):
         population: S, candidates per image [400]. >= 4 (DE/rand/1 needs three others).
         generations: DE generations [100]. >= 0 (0: the random initial population only).
         mutation: F, the differential weight [0.5]. Finite, > 0.
+        mutation_high: None [default: F = ``mutation`` in every generation, the paper's] or
+            a number > ``mutation``: F drawn anew each generation uniformly in
+            [``mutation``, ``mutation_high``) (SciPy's "dithering"; SciPy and torchattacks'
+            ``OnePixel`` draw F in [0.5, 1)).
+        strategy: ``"rand1"`` [default, the paper's DE/rand/1: child_i = z_r1 + F (z_r2 -
+            z_r3)] or ``"best1"`` (DE/best/1: child_i = z_best + F (z_r1 - z_r2), z_best the
+            image's fittest member; SciPy's default ``best1bin``, which torchattacks'
+            ``OnePixel`` runs).
         seed: seeds the population and the mutation draws, and the ``"random"`` targets [0].
         bounds: valid pixel range (low, high) [(0.0, 1.0)]; a changed pixel takes any value in it.
         num_classes: classes of the model [10].
@@ -89,7 +98,8 @@ class FewPixel(PixelAttack):
         precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
             strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
             verdict on the returned images is strict fp32 either way
-            (:mod:`stadv.precision`).
+            (:mod:`stadv.precision`). ``"bf16"`` is refused: ``fitness_precision`` is this
+            attack's bfloat16 switch.
         fitness_precision: the dtype of the population's fitness evaluations, ``"fp32"``
             [default] or ``"bf16"`` (``torch.autocast`` to bfloat16 on the images' device: on
             this project's AVX-512-BF16 CPU 2-3x less time per evaluation, see
@@ -125,6 +135,8 @@ class FewPixel(PixelAttack):
     population: int = 400
     generations: int = 100
     mutation: float = 0.5
+    mutation_high: float | None = None
+    strategy: Strategy = "rand1"
     seed: int = 0
     bounds: tuple[float, float] = (0.0, 1.0)
     num_classes: int = 10
@@ -138,10 +150,23 @@ class FewPixel(PixelAttack):
         check_int("population", self.population, low=4)
         check_int("generations", self.generations, low=0)
         check_real("mutation", self.mutation, strict=True)
+        if self.mutation_high is not None:
+            check_real("mutation_high", self.mutation_high, strict=True)
+            if not self.mutation_high > self.mutation:
+                raise ValueError(
+                    f"mutation_high must be > mutation ({self.mutation!r}), "
+                    f"got {self.mutation_high!r}"
+                )
+        check_choice("strategy", self.strategy, get_args(Strategy))
         check_choice("fitness_precision", self.fitness_precision, get_args(FitnessPrecision))
         if self.max_batch is not None:
             check_int("max_batch", self.max_batch, low=1)
         check_attack_fields(self)
+        if self.precision == "bf16":
+            raise ValueError(
+                "precision='bf16' is not used by few-pixel (its fitness sets its own dtype): "
+                "use fitness_precision='bf16', which confirms every near success in fp32"
+            )
 
     # -- candidates --------------------------------------------------------------------------
 
@@ -167,6 +192,28 @@ class FewPixel(PixelAttack):
         keys = torch.rand(s, s, generator=gen)
         keys.fill_diagonal_(2.0)  # never among the three smallest
         return keys.argsort(dim=1)[:, :3]
+
+    def _children(
+        self,
+        pop: torch.Tensor,
+        fit: torch.Tensor,
+        gen: torch.Generator,
+        shape: tuple[int, int, int],
+    ) -> torch.Tensor:
+        """One generation's mutants (P, S, k, 2 + C) of the populations ``pop`` of P images
+        with fitness ``fit`` (P, S): DE/rand/1 or DE/best/1 (``strategy``), F fixed or dithered
+        (``mutation_high``), clipped to the image and ``bounds``. The draws are shared by the
+        images, so an image's attack does not depend on the batch."""
+        r = self._triples(gen)
+        f = self.mutation
+        if self.mutation_high is not None:
+            u = float(torch.rand((), generator=gen, dtype=torch.float64))
+            f = self.mutation + (self.mutation_high - self.mutation) * u
+        if self.strategy == "best1":
+            best = fit.argmin(dim=1).cpu()
+            base = pop[torch.arange(pop.shape[0]), best].unsqueeze(1)
+            return self._clip(base + f * (pop[:, r[:, 0]] - pop[:, r[:, 1]]), shape)
+        return self._clip(pop[:, r[:, 0]] + f * (pop[:, r[:, 1]] - pop[:, r[:, 2]]), shape)
 
     @staticmethod
     def render(images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
@@ -263,10 +310,7 @@ class FewPixel(PixelAttack):
         for g in range(1, self.generations + 1):
             if idx.numel() == 0:
                 break
-            r = self._triples(gen)
-            child = self._clip(
-                pop[:, r[:, 0]] + self.mutation * (pop[:, r[:, 1]] - pop[:, r[:, 2]]), shape
-            )
+            child = self._children(pop, fit, gen, shape)
             cfit, chit, made = self._evaluate(net, x[idx], child, cls[idx], targeted)
             iters[idx] = g
             evals[idx] += made

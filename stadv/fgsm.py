@@ -37,10 +37,10 @@ class FGSM(PixelAttack):
         seed: seeds the ``"random"`` target protocol [0].
         check: warn (:mod:`stadv.sanity`) when the model returns probabilities or has zero
             input gradients [True].
-        precision: the float32 policy of the attack's model evaluations, ``"fp32"`` [default,
-            strict] or ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs); the
-            verdict on the returned images is strict fp32 either way
-            (:mod:`stadv.precision`).
+        precision: the policy of the attack's model evaluations, ``"fp32"`` [default,
+            strict], ``"tf32"`` (TF32 convolutions and matmuls on Ampere+ GPUs) or ``"bf16"``
+            (bfloat16 autocast); the verdict on the returned images is strict fp32 in every
+            case (:mod:`stadv.precision`).
 
     Call: ``attack(model, images, labels, targets=None) -> AttackResult`` with ``images``
     (N, C, H, W) in ``bounds``, ``labels`` (N,); ``targets`` as in :mod:`stadv.targets`.

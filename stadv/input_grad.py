@@ -51,13 +51,15 @@ class _NativeInputGradConv2d(torch.autograd.Function):
         dilation: tuple[int, int],
     ) -> torch.Tensor:
         ctx.save_for_backward(weight)
-        ctx.conf = (x.shape, stride, padding, dilation)
+        ctx.conf = (x.shape, x.dtype, stride, padding, dilation)
         return F.conv2d(x, weight, bias, stride, padding, dilation, 1)
 
     @staticmethod
     def backward(ctx: Any, grad_out: torch.Tensor) -> tuple[Any, ...]:
         (weight,) = ctx.saved_tensors
-        shape, stride, pad, dilation = ctx.conf
+        shape, dtype, stride, pad, dilation = ctx.conf
+        # under bfloat16 autocast the forward ran in bf16: the gradient comes in bf16 too
+        weight = weight.to(grad_out.dtype)
         # only the "enabled" flag changes (mkldnn.flags() would also set TF32 and warn)
         enabled = torch.backends.mkldnn.set_flags(False, None, None, None)[0]  # type: ignore[no-untyped-call]
         try:
@@ -66,7 +68,7 @@ class _NativeInputGradConv2d(torch.autograd.Function):
             )
         finally:
             torch.backends.mkldnn.set_flags(enabled, None, None, None)  # type: ignore[no-untyped-call]
-        return grad_in, None, None, None, None, None
+        return grad_in.to(dtype), None, None, None, None, None
 
 
 def _eligible(module: nn.Conv2d) -> bool:

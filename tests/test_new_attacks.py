@@ -246,6 +246,37 @@ def test_few_pixel_targeted_and_seeded(
     torch.testing.assert_close(e.adv_images, d.adv_images, atol=1e-6, rtol=0)
 
 
+def test_few_pixel_best1_and_dithered_f(
+    tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
+) -> None:
+    """DE/best/1 with F dithered in [0.5, 1) (torchattacks' variant): children sit at the
+    image's best member plus a scaled difference, the budget holds, a batch is each image
+    alone, and the default draws (rand/1, fixed F) are unchanged by the new options."""
+    x, y = batch[0][:4], batch[1][:4]
+    best1 = FewPixel(pixels=3, population=12, generations=4, strategy="best1", mutation_high=1.0)
+    r = best1(tiny_model_b, x, y)
+    assert bool((r.extra["pixels_changed"] <= 3).all())
+    assert bool((r.evaluations == 1 + 12 * (r.iterations + 1)).all())
+    with torch.no_grad():
+        assert torch.equal(r.success, tiny_model_b(r.adv_images).argmax(1) != y)
+    alone = best1(tiny_model_b, x[2:3], y[2:3])
+    assert torch.equal(alone.adv_images, r.adv_images[2:3])
+    plain = FewPixel(pixels=3, population=12, generations=4)
+    assert not torch.equal(plain(tiny_model_b, x, y).adv_images, r.adv_images)
+    # one generation's children, by hand: base = each image's fittest member
+    gen_a, gen_b = torch.Generator().manual_seed(5), torch.Generator().manual_seed(5)
+    pop = torch.stack([best1._initial((1, 28, 28), gen_a) for _ in range(2)])  # (2, 12, 3, 3)
+    _ = torch.stack([best1._initial((1, 28, 28), gen_b) for _ in range(2)])
+    fit = torch.rand(2, 12, generator=torch.Generator().manual_seed(0))
+    kids = best1._children(pop, fit, gen_a, (1, 28, 28))
+    r_idx = best1._triples(gen_b)
+    f = 0.5 + 0.5 * float(torch.rand((), generator=gen_b, dtype=torch.float64))
+    assert 0.5 <= f < 1.0
+    base = pop[torch.arange(2), fit.argmin(dim=1)].unsqueeze(1)
+    want = best1._clip(base + f * (pop[:, r_idx[:, 0]] - pop[:, r_idx[:, 1]]), (1, 28, 28))
+    torch.testing.assert_close(kids, want)
+
+
 def test_bf16_fitness_finds_exactly_the_fp32_successes(
     tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
@@ -331,6 +362,9 @@ def test_targeted_and_untargeted_refusals(
         (FewPixel, {"max_batch": 0}),
         (FewPixel, {"seed": -1}),
         (FewPixel, {"fitness_precision": "fp16"}),
+        (FewPixel, {"strategy": "best2"}),
+        (FewPixel, {"mutation_high": 0.4}),
+        (FewPixel, {"mutation_high": float("inf")}),
     ],
 )
 def test_bad_hyper_parameters_name_option_and_value(cls: Any, kwargs: dict[str, Any]) -> None:

@@ -16,7 +16,7 @@ from stadv.data import TensorData
 from stadv.fgsm import FGSM
 from stadv.models import predict
 from stadv.options import options
-from stadv.precision import PRECISIONS, precision_policy
+from stadv.precision import BF16_LOGIT_ERROR, PRECISIONS, float32_logits, precision_policy
 from stadv.registry import ATTACKS
 from stadv_cli.attack import attack_from_args
 from stadv_cli.main import build_parser
@@ -73,13 +73,17 @@ def test_policy_restores_the_flags_when_the_block_raises(
 
 
 def test_a_bad_policy_is_named_and_changes_nothing(unusual_flags: Flags) -> None:
-    with pytest.raises(ValueError, match="unknown precision 'fp16'; allowed: 'fp32', 'tf32'"):
+    with pytest.raises(
+        ValueError, match="unknown precision 'fp16'; allowed: 'fp32', 'tf32', 'bf16'"
+    ):
         with precision_policy("fp16"):
             pytest.fail("the block must not run")
     assert flags() == unusual_flags
     for cls in ATTACKS.values():
-        with pytest.raises(ValueError, match="unknown precision 'bf16'"):
-            cls(precision="bf16")
+        with pytest.raises(ValueError, match="unknown precision 'fp16'"):
+            cls(precision="fp16")
+    with pytest.raises(ValueError, match="precision='bf16' is not used by few-pixel"):
+        ATTACKS["few-pixel"](precision="bf16")
 
 
 @pytest.mark.parametrize("name", sorted(ATTACKS))
@@ -184,3 +188,94 @@ def test_blocks_saved_before_the_option_still_resume() -> None:
     args = argparse.Namespace(attack="stadv", dataset="mnist", targets="all")
     assert "precision" not in _block_key(args, StAdv(), "B", "digest")["params"]
     assert _block_key(args, StAdv(precision="tf32"), "B", "digest")["params"]["precision"] == "tf32"
+
+
+def test_bf16_autocasts_inside_and_a_strict_block_inside_it_is_strict() -> None:
+    assert not torch.is_autocast_enabled("cpu")
+    lin = nn.Linear(4, 3)
+    x = torch.rand(2, 4)
+    with precision_policy("bf16"):
+        assert torch.is_autocast_enabled("cpu")
+        assert lin(x).dtype == torch.bfloat16
+        assert float32_logits(lin, "bf16")(x).dtype == torch.float32
+        with precision_policy("fp32"):
+            assert not torch.is_autocast_enabled("cpu")
+            assert lin(x).dtype == torch.float32
+        assert torch.is_autocast_enabled("cpu")
+    assert not torch.is_autocast_enabled("cpu")
+    assert float32_logits(lin, "fp32") is lin
+
+
+class AutocastRecorder(nn.Module):
+    """A linear logits model that records, per forward pass, whether gradients and CPU
+    autocast were on; with ``lie_under_bf16`` its logits under autocast say class 0 by a wide
+    margin (what no fp32 evaluation confirms)."""
+
+    def __init__(self, *, lie_under_bf16: bool = False) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.linear = nn.Linear(28 * 28, 10)
+        self.lie = lie_under_bf16
+        self.seen: list[tuple[bool, bool]] = []
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        autocast = torch.is_autocast_enabled("cpu")
+        self.seen.append((torch.is_grad_enabled(), autocast))
+        out: torch.Tensor = self.linear(x.flatten(1))
+        if self.lie and autocast:
+            out = out + 100.0 * nn.functional.one_hot(torch.zeros_like(out[:, 0]).long(), 10)
+        return out
+
+
+@pytest.mark.parametrize("name", ["fgsm", "pgd", "stadv", "deepfool"])
+def test_bf16_searches_in_autocast_and_judges_in_fp32(name: str) -> None:
+    model = AutocastRecorder()
+    x, y = torch.rand(3, 1, 28, 28), torch.tensor([0, 1, 2])
+    extra = {"max_iterations": 3} if name in ("stadv", "deepfool") else {}
+    result = ATTACKS[name](precision="bf16", check=False, **extra)(model, x, y)
+    searched = [s for s in model.seen if s[0]]
+    judged = [s for s in model.seen if not s[0]]
+    assert searched and all(s[1] for s in searched)
+    assert judged and not any(s[1] for s in judged)
+    assert result.adv_images.dtype == torch.float32
+    with precision_policy("fp32"):
+        pred = predict(model, result.adv_images)
+    assert torch.equal(result.predictions, pred)
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_stadv_bf16_restarts_an_attack_its_fp32_check_rejects() -> None:
+    """Under autocast the model claims class 0, the target, for every image; in fp32 it does
+    not: the bf16 search accepts at once, the fp32 check rejects, each restart solves it again, and the
+    reported failure agrees with the fp32 prediction."""
+    model = AutocastRecorder(lie_under_bf16=True)
+    torch.manual_seed(1)
+    pool = torch.rand(20, 1, 28, 28)
+    with torch.no_grad():
+        pool_pred = model(pool).argmax(dim=1)
+    x = pool[pool_pred != 0][:2]  # fp32 says another class than the lie's
+    y = pool_pred[pool_pred != 0][:2]
+    assert x.shape[0] == 2
+    targets = torch.zeros(2, dtype=torch.int64)  # the class autocast claims
+    attack = StAdv(precision="bf16", check=False, max_iterations=5, restarts=2)
+    result = attack(model, x, y, targets=targets)
+    assert result.extra["restarted"] == [2, 2]
+    with precision_policy("fp32"):
+        pred = predict(model, result.adv_images)
+    assert torch.equal(result.success, pred == targets)
+    assert attack.acceptance_margin == pytest.approx(1e-3 + BF16_LOGIT_ERROR)
+    assert StAdv().acceptance_margin == pytest.approx(1e-3)
+
+
+def test_stadv_bf16_success_agrees_with_fp32_and_matches_the_fp32_attack(
+    tiny_model_b: nn.Module, mnist_test: TensorData
+) -> None:
+    x, y = mnist_test.images[:4], mnist_test.labels[:4]
+    fast = dict(max_iterations=60, eq5_scale="sqrt_n")
+    strict = StAdv(**fast)(tiny_model_b, x, y, targets="random")  # type: ignore[arg-type]
+    low = StAdv(precision="bf16", **fast)(tiny_model_b, x, y, targets="random")  # type: ignore[arg-type]
+    with precision_policy("fp32"):
+        pred = predict(tiny_model_b, low.adv_images)
+    assert torch.equal(low.success, pred == low.targets)
+    assert torch.equal(low.targets, strict.targets)  # targets drawn in fp32 either way
+    assert bool(strict.success.all()) and bool(low.success.all())
