@@ -21,8 +21,10 @@ correctly, so that every success is the attack's), it runs:
   SciPy DE, per image, ``best1bin``, F dithered in [0.5, 1), stopped when the *best* member
   succeeds); untargeted; statistic: success per k. ``--implementations stadv-bf16`` adds
   FewPixel with ``fitness_precision="bf16"`` (fitness in bfloat16, every success confirmed in
-  fp32), ``stadv-bf16-best1`` the same with torchattacks' DE variant (``strategy="best1"``,
-  ``mutation_high=1.0``).
+  fp32), ``stadv-bf16-resample`` that with SciPy's handling of a child outside the bounds
+  (``out_of_bounds="resample"``: a fresh uniform draw, not the border), and
+  ``stadv-bf16-best1`` the same with torchattacks' whole DE variant (``strategy="best1"``,
+  ``mutation_high=1.0``, ``out_of_bounds="resample"``).
 
 For the DE rows, the model evaluations and the CPU milliseconds per evaluation are recorded
 too (on a shared machine CPU time is steadier than wall time; ``--de-max-batch`` sets
@@ -366,9 +368,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------------- main
 
 ATTACK_NAMES = ("deepfool", "jsma", "few-pixel")
-#: ``stadv-bf16`` and ``stadv-bf16-best1`` run only for few-pixel DE: :class:`FewPixel` with
-#: ``fitness_precision="bf16"`` (and DE/best/1 with F in [0.5, 1))
-IMPLEMENTATIONS = ("stadv", "stadv-bf16", "stadv-bf16-best1", "torchattacks", "scipy")
+#: the ``stadv-bf16*`` implementations run only for few-pixel DE: :class:`FewPixel` with
+#: ``fitness_precision="bf16"`` (and SciPy's bounds handling; and DE/best/1 with F in [0.5, 1))
+IMPLEMENTATIONS = (
+    "stadv",
+    "stadv-bf16",
+    "stadv-bf16-resample",
+    "stadv-bf16-best1",
+    "torchattacks",
+    "scipy",
+)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -579,9 +588,12 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
             for ours_impl, ours_de in (
                 ("stadv", de),
                 ("stadv-bf16", bf16),
+                ("stadv-bf16-resample", dataclasses.replace(bf16, out_of_bounds="resample")),
                 (
                     "stadv-bf16-best1",
-                    dataclasses.replace(bf16, strategy="best1", mutation_high=1.0),
+                    dataclasses.replace(
+                        bf16, strategy="best1", mutation_high=1.0, out_of_bounds="resample"
+                    ),
                 ),
             ):
                 if ours_impl not in impl:

@@ -62,6 +62,7 @@ from stadv.result import AttackResult
 
 FitnessPrecision = Literal["fp32", "bf16"]
 Strategy = Literal["rand1", "best1"]
+OutOfBounds = Literal["clip", "resample"]
 
 #: Logit units: a candidate whose bfloat16 margin (the winning logit minus the best other, the
 #: sign that means success) is above ``-CONFIRM_BAND`` is evaluated again in fp32, and only that
@@ -91,6 +92,10 @@ class FewPixel(PixelAttack):
             z_r3)] or ``"best1"`` (DE/best/1: child_i = z_best + F (z_r1 - z_r2), z_best the
             image's fittest member; SciPy's default ``best1bin``, which torchattacks'
             ``OnePixel`` runs).
+        out_of_bounds: what a child's coordinate outside its range becomes: ``"clip"``
+            [default: the nearest bound, so a row or column lands on the image's border] or
+            ``"resample"`` (a fresh uniform draw in its range: SciPy's
+            ``differential_evolution``, which Su et al.'s and torchattacks' code run).
         seed: seeds the population and the mutation draws, and the ``"random"`` targets [0].
         bounds: valid pixel range (low, high) [(0.0, 1.0)]; a changed pixel takes any value in it.
         num_classes: classes of the model [10].
@@ -137,6 +142,7 @@ class FewPixel(PixelAttack):
     mutation: float = 0.5
     mutation_high: float | None = None
     strategy: Strategy = "rand1"
+    out_of_bounds: OutOfBounds = "clip"
     seed: int = 0
     bounds: tuple[float, float] = (0.0, 1.0)
     num_classes: int = 10
@@ -158,6 +164,7 @@ class FewPixel(PixelAttack):
                     f"got {self.mutation_high!r}"
                 )
         check_choice("strategy", self.strategy, get_args(Strategy))
+        check_choice("out_of_bounds", self.out_of_bounds, get_args(OutOfBounds))
         check_choice("fitness_precision", self.fitness_precision, get_args(FitnessPrecision))
         if self.max_batch is not None:
             check_int("max_batch", self.max_batch, low=1)
@@ -212,8 +219,25 @@ class FewPixel(PixelAttack):
         if self.strategy == "best1":
             best = fit.argmin(dim=1).cpu()
             base = pop[torch.arange(pop.shape[0]), best].unsqueeze(1)
-            return self._clip(base + f * (pop[:, r[:, 0]] - pop[:, r[:, 1]]), shape)
-        return self._clip(pop[:, r[:, 0]] + f * (pop[:, r[:, 1]] - pop[:, r[:, 2]]), shape)
+            mutant = base + f * (pop[:, r[:, 0]] - pop[:, r[:, 1]])
+        else:
+            mutant = pop[:, r[:, 0]] + f * (pop[:, r[:, 1]] - pop[:, r[:, 2]])
+        if self.out_of_bounds == "resample":
+            fresh = self._initial(shape, gen)  # (S, k, 2 + C), shared by the images
+            low, high = self._ranges(shape)
+            outside = (mutant < low) | (mutant >= high)
+            mutant = torch.where(outside, fresh.expand_as(mutant), mutant)
+        return self._clip(mutant, shape)
+
+    def _ranges(self, shape: tuple[int, int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(2 + C,) lower and upper ends of a candidate pixel's row, column and values."""
+        c, h, w = shape
+        low, high = self.bounds
+        lo = torch.tensor([0.0, 0.0] + [low] * c, dtype=torch.float64)
+        hi = torch.tensor([float(h), float(w)] + [high] * c, dtype=torch.float64)
+        # a value may equal the upper bound; a row or column may not reach H or W
+        hi[2:] = torch.nextafter(hi[2:], torch.tensor(float("inf"), dtype=torch.float64))
+        return lo, hi
 
     @staticmethod
     def render(images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:

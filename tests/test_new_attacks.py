@@ -277,6 +277,26 @@ def test_few_pixel_best1_and_dithered_f(
     torch.testing.assert_close(kids, want)
 
 
+def test_few_pixel_resample_draws_outside_children_afresh() -> None:
+    """``out_of_bounds="resample"``: a child's coordinate outside its range is a fresh uniform
+    draw (SciPy's DE), so children do not pile up on the border rows and columns as clipped
+    ones do; every child stays in range either way."""
+    shape = (1, 28, 28)
+    clip = FewPixel(pixels=3, population=64, mutation=0.9)
+    fresh = FewPixel(pixels=3, population=64, mutation=0.9, out_of_bounds="resample")
+    pop = clip._initial(shape, torch.Generator().manual_seed(0)).unsqueeze(0)
+    fit = torch.rand(1, 64, generator=torch.Generator().manual_seed(1))
+    border = {}
+    for attack in (clip, fresh):
+        kids = attack._children(pop, fit, torch.Generator().manual_seed(2), shape)
+        rows, cols, vals = kids[..., 0], kids[..., 1], kids[..., 2]
+        assert bool(((rows >= 0) & (rows < 28) & (cols >= 0) & (cols < 28)).all())
+        assert bool(((vals >= 0) & (vals <= 1)).all())
+        on_edge = (rows.floor() == 0) | (rows.floor() == 27) | (cols.floor() == 0)
+        border[attack.out_of_bounds] = int((on_edge | (cols.floor() == 27)).sum())
+    assert border["resample"] < border["clip"] / 2
+
+
 def test_bf16_fitness_finds_exactly_the_fp32_successes(
     tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
@@ -363,6 +383,7 @@ def test_targeted_and_untargeted_refusals(
         (FewPixel, {"seed": -1}),
         (FewPixel, {"fitness_precision": "fp16"}),
         (FewPixel, {"strategy": "best2"}),
+        (FewPixel, {"out_of_bounds": "reflect"}),
         (FewPixel, {"mutation_high": 0.4}),
         (FewPixel, {"mutation_high": float("inf")}),
     ],
