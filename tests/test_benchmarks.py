@@ -190,7 +190,7 @@ def test_throughput_lbfgs_vs_scipy_loop(
     assert report["speedup_vs_scipy_batched"] is None
     assert set(report["goals"]) == {"scipy-loop"}
     goal = report["goals"]["scipy-loop"]
-    assert goal["met"] == (goal["speedup"] >= 5 and goal["success_equal_or_better"])
+    assert goal["met"] == (goal["speedup"] >= 3 and goal["success_equal_or_better"])
     assert "lbfgs" in stdout and "scipy-loop" in stdout and "speedup_vs_scipy_loop" in stdout
     # the strong-Wolfe run (SciPy's algorithm) has its own ratios and goals
     strong = report["lbfgs_strong"]
