@@ -569,20 +569,24 @@ class StAdv:
         return flow, found, res
 
     @property
+    def _bf16_allowance(self) -> float:
+        """:data:`~stadv.precision.BF16_LOGIT_ERROR` under ``precision="bf16"``, else 0."""
+        return BF16_LOGIT_ERROR if self.precision == "bf16" else 0.0
+
+    @property
     def search_kappa(self) -> float:
         """The hinge's floor in the searched objective: ``kappa``, plus
         :data:`~stadv.precision.BF16_LOGIT_ERROR` under ``precision="bf16"`` (at kappa 0 the
         objective stops pulling at a margin of 0, where bfloat16's logits cannot tell success
         from failure, so the search would never settle :attr:`acceptance_margin` inside)."""
-        return self.kappa + (BF16_LOGIT_ERROR if self.precision == "bf16" else 0.0)
+        return self.kappa + self._bf16_allowance
 
     @property
     def acceptance_margin(self) -> float:
         """How far inside the success region (in logits) the search accepts an iterate:
         ``success_margin``, plus :data:`~stadv.precision.BF16_LOGIT_ERROR` under
         ``precision="bf16"``, whose logits are that much less exact than the fp32 verdict's."""
-        extra = BF16_LOGIT_ERROR if self.precision == "bf16" else 0.0
-        return self.success_margin + extra
+        return self.success_margin + self._bf16_allowance
 
     def _accepted(
         self,
@@ -592,14 +596,11 @@ class StAdv:
         t: torch.Tensor | None,
     ) -> torch.Tensor:
         """The search's acceptance test (M,) of iterates with ``logits`` (M, K) and loss
-        ``margin`` (M,): margin <= -:attr:`acceptance_margin` (which implies the argmax test),
-        or the argmax test itself when that margin is 0."""
+        ``margin`` (M,), at :attr:`acceptance_margin` (:func:`_passes`)."""
         accept = self.acceptance_margin
-        if accept > 0:
-            logit_margin = margin if self.loss_input == "logits" else margin_loss(logits, y, t)
-            return logit_margin <= -accept
-        pred = logits.argmax(dim=1)
-        return pred == t if t is not None else pred != y
+        if accept > 0 and self.loss_input != "logits":
+            margin = margin_loss(logits, y, t)
+        return _passes(logits, margin, y, t, accept)
 
     def _confirmed(
         self,
@@ -621,13 +622,8 @@ class StAdv:
         with torch.no_grad(), precision_policy_unchecked("fp32"):
             logits = model(self._warp(x[rows], flow[rows]))
         margin = margin_loss(logits, y[rows], sub_t)
-        if self.success_margin > 0:
-            ok = margin <= -self.success_margin
-        else:
-            pred = logits.argmax(dim=1)
-            ok = pred == sub_t if sub_t is not None else pred != y[rows]
         confirmed = found.clone()
-        confirmed[rows] = ok
+        confirmed[rows] = _passes(logits, margin, y[rows], sub_t, self.success_margin)
         return confirmed
 
     def _solve(self, objective: Any, x0: torch.Tensor, should_stop: Any) -> SolverResult:
@@ -665,6 +661,22 @@ class StAdv:
         return adam_minimize(
             objective, x0, steps=self.max_iterations, lr=self.lr, should_stop=should_stop
         )
+
+
+def _passes(
+    logits: torch.Tensor,
+    logit_margin: torch.Tensor,
+    y: torch.Tensor,
+    t: torch.Tensor | None,
+    threshold: float,
+) -> torch.Tensor:
+    """Success (M,) with a hysteresis: ``logit_margin <= -threshold`` when ``threshold > 0``
+    (which implies the argmax test), else the argmax test itself (target reached, or label
+    left when ``t`` is None)."""
+    if threshold > 0:
+        return logit_margin <= -threshold
+    pred = logits.argmax(dim=1)
+    return pred == t if t is not None else pred != y
 
 
 def _cat_long(parts: list[torch.Tensor], device: torch.device) -> torch.Tensor:
