@@ -358,6 +358,21 @@ def test_frontier_rows_and_figure(
         record = json.loads((tmp_path / "records" / f"B-{name}.json").read_text())
         assert (record["n"], record["successes"]) == (9, rows[name]["successes"])
         assert record["command"].startswith("python benchmarks/frontier.py --model B")
+    # the figure again, from the records alone; a folder without B's records is named
+    redrawn = tmp_path / "redrawn.png"
+    base = [sys.executable, str(REPO / "benchmarks" / "frontier.py"), "--model", "B"]
+    run_script(
+        [*base, "--from-records", str(tmp_path / "records"), "--figure", str(redrawn)], data_source
+    )
+    assert redrawn.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    proc = subprocess.run(
+        [*base, "--from-records", str(empty), "--figure", str(tmp_path / "none.png")],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+    assert proc.returncode != 0 and str(empty) in proc.stderr and "'B'" in proc.stderr
+    assert not (tmp_path / "none.png").exists()
 
 
 # ---------------------------------------------------------------------------------------------
