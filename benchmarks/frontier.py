@@ -1,7 +1,7 @@
 """The quality-cost frontier of stAdv: mean L_flow and success against evaluations per attack.
 
-Issue 21: the converged default (L-BFGS to its stopping rule) spends ~4x SciPy's evaluations
-for a ~1.8x lower L_flow. This script runs, on the same model, images and targets (the paper's
+Issue 21: the converged attack (L-BFGS to its stopping rule on the paper's exact hinge)
+spends ~4x SciPy's evaluations for a ~1.8x lower L_flow. This script runs, on the same model, images and targets (the paper's
 tau = 0.05, kappa = 0), a list of *schedules* of :class:`stadv.attack.StAdv` (each a set of
 its options) and reports for each: targeted success (Wilson 95 % interval), mean L_flow over the
 successful attacks, mean L_flow over the attacks every schedule solved (the like-for-like
@@ -14,12 +14,15 @@ writes one JSON. Schedules (``--schedules``; default all):
   attack if the default's budget changes);
 * ``first-success``: each attack stops at its first accepted success (``polish=0``);
 * ``polish-K``: first success, then K more accepted L-BFGS iterations (``polish=K``);
-  ``polish-150`` is the library's default;
+  ``polish-150`` was the library's default before the smoothed hinge;
 * ``budget-K``: converged, at most K iterations (``max_iterations=K``);
 * ``history-K``: converged with K L-BFGS pairs (``history=K``; the default is 10);
-* ``strong``: converged with SciPy's strong Wolfe line search.
+* ``strong``: converged with SciPy's strong Wolfe line search;
+* ``softplus-*``: the same on the softplus-smoothed hinge (``hinge="softplus"``, the library's
+  default search since issue 21); ``softplus-polish-50`` is the library's default attack.
 
-(Every schedule but ``polish-*`` and ``first-success`` spells ``stop="converged"``.)
+(Every schedule but the ``*first-success`` and ``*polish-*`` ones spells ``stop="converged"``;
+every one spells its hinge, ``"exact"`` for those without the ``softplus-`` prefix.)
 
     python benchmarks/frontier.py --model B --n-images 20 --json frontier-B.json --figure frontier-B.png
     python benchmarks/frontier.py --model B --from-records results/frontier --figure docs/figures/frontier-B.png
@@ -54,24 +57,40 @@ from stadv.plots import save_png
 from stadv.records import load_records, make_record, write_record
 from stadv.store import load_pretrained
 
-#: name -> StAdv options (beyond the paper's tau 0.05, kappa 0).
+_EXACT = {"hinge": "exact"}
+_SOFT = {"hinge": "softplus"}
+
+#: name -> StAdv options (beyond the paper's tau 0.05, kappa 0). Every schedule spells its
+#: hinge, so that a row stays the same attack when the library's default changes.
 SCHEDULES: dict[str, dict[str, Any]] = {
-    "converged": {"stop": "converged", "max_iterations": 1000},
-    "first-success": {"stop": "first-success", "polish": 0},
-    "polish-5": {"stop": "first-success", "polish": 5},
-    "polish-10": {"stop": "first-success", "polish": 10},
-    "polish-20": {"stop": "first-success", "polish": 20},
-    "polish-50": {"stop": "first-success", "polish": 50},
-    "polish-100": {"stop": "first-success", "polish": 100},
-    "polish-150": {"stop": "first-success", "polish": 150},
-    "polish-150-bf16": {"stop": "first-success", "polish": 150, "precision": "bf16"},
-    "budget-50": {"stop": "converged", "max_iterations": 50},
-    "budget-100": {"stop": "converged", "max_iterations": 100},
-    "budget-150": {"stop": "converged", "max_iterations": 150},
-    "budget-200": {"stop": "converged", "max_iterations": 200},
-    "history-5": {"stop": "converged", "history": 5},
-    "history-20": {"stop": "converged", "history": 20},
-    "strong": {"stop": "converged", "wolfe": "strong"},
+    "converged": {"stop": "converged", "max_iterations": 1000, **_EXACT},
+    "first-success": {"stop": "first-success", "polish": 0, **_EXACT},
+    "polish-5": {"stop": "first-success", "polish": 5, **_EXACT},
+    "polish-10": {"stop": "first-success", "polish": 10, **_EXACT},
+    "polish-20": {"stop": "first-success", "polish": 20, **_EXACT},
+    "polish-50": {"stop": "first-success", "polish": 50, **_EXACT},
+    "polish-100": {"stop": "first-success", "polish": 100, **_EXACT},
+    "polish-150": {"stop": "first-success", "polish": 150, **_EXACT},
+    "polish-150-bf16": {"stop": "first-success", "polish": 150, "precision": "bf16", **_EXACT},
+    "budget-50": {"stop": "converged", "max_iterations": 50, **_EXACT},
+    "budget-100": {"stop": "converged", "max_iterations": 100, **_EXACT},
+    "budget-150": {"stop": "converged", "max_iterations": 150, **_EXACT},
+    "budget-200": {"stop": "converged", "max_iterations": 200, **_EXACT},
+    "history-5": {"stop": "converged", "history": 5, **_EXACT},
+    "history-20": {"stop": "converged", "history": 20, **_EXACT},
+    "strong": {"stop": "converged", "wolfe": "strong", **_EXACT},
+    "softplus-first-success": {"stop": "first-success", "polish": 0, **_SOFT},
+    "softplus-polish-20": {"stop": "first-success", "polish": 20, **_SOFT},
+    "softplus-polish-30": {"stop": "first-success", "polish": 30, **_SOFT},
+    "softplus-polish-50": {"stop": "first-success", "polish": 50, **_SOFT},
+    "softplus-polish-100": {"stop": "first-success", "polish": 100, **_SOFT},
+    "softplus-polish-50-bf16": {
+        "stop": "first-success",
+        "polish": 50,
+        "precision": "bf16",
+        **_SOFT,
+    },
+    "softplus-converged": {"stop": "converged", "max_iterations": 1000, **_SOFT},
 }
 
 
@@ -152,11 +171,22 @@ Y_AXES = {
 }
 
 
+def _style(row: dict[str, Any]) -> tuple[str, str]:
+    """A schedule's colour (red: the converged reference; purple: the smoothed hinge; blue:
+    the exact hinge) and marker (a square where the search ran in bfloat16)."""
+    options = row["options"]
+    if row["schedule"] == "converged":
+        colour = "#d62728"
+    else:
+        colour = "#9467bd" if options.get("hinge") == "softplus" else "#1f77b4"
+    return colour, "s" if options.get("precision") == "bf16" else "o"
+
+
 def figure(rows: list[dict[str, Any]], title: str, y_key: str = "mean_flow_loss_common") -> Figure:
     """Mean L_flow (``y_key``, a key of :data:`Y_AXES`) against evaluations per attack, each
-    schedule a point labelled with its name and success; the goal region of issue 21 (at least
-    3x fewer evaluations than the converged default, L_flow within 10 % of it) is shaded.
-    Schedules searched in bfloat16 are drawn apart: their evaluations are cheaper."""
+    schedule a numbered point (:func:`_style`) explained in a key with its success; the goal
+    region of issue 21 (at least 3x fewer evaluations than the converged attack, L_flow within
+    10 % of it) is shaded."""
     fig = Figure(figsize=(13, 6))
     ax = fig.add_axes((0.07, 0.1, 0.6, 0.8))
     base = next((r for r in rows if r["schedule"] == "converged"), None)
@@ -179,9 +209,8 @@ def figure(rows: list[dict[str, Any]], title: str, y_key: str = "mean_flow_loss_
     key = []
     for i, row in enumerate(ordered, start=1):
         x, y = row["evaluations_per_attack"], row[y_key]
-        bf16 = row["options"].get("precision") == "bf16"
-        colour = {"converged": "#d62728"}.get(row["schedule"], "#ff7f0e" if bf16 else "#1f77b4")
-        ax.scatter([x], [y], color=colour, marker="s" if bf16 else "o", zorder=3)
+        colour, marker = _style(row)
+        ax.scatter([x], [y], color=colour, marker=marker, zorder=3)
         ax.annotate(
             str(i), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=8, color=colour
         )
@@ -192,9 +221,13 @@ def figure(rows: list[dict[str, Any]], title: str, y_key: str = "mean_flow_loss_
     fig.text(0.70, 0.88, "\n".join(key), va="top", ha="left", fontsize=8, family="monospace")
     xs = [r["evaluations_per_attack"] for r in rows]
     ys = [r[y_key] for r in rows]
-    if any(r["options"].get("precision") == "bf16" for r in rows):
-        label = "searched in bfloat16 (cheaper evaluations)"
-        ax.scatter([], [], color="#ff7f0e", marker="s", label=label)
+    for colour, marker, label in (
+        ("#d62728", "o", "converged on the exact hinge (the reference)"),
+        ("#1f77b4", "o", "exact hinge"),
+        ("#9467bd", "o", "softplus-smoothed hinge (the default's search)"),
+        ("#7f7f7f", "s", "square: searched in bfloat16 (cheaper evaluations)"),
+    ):
+        ax.scatter([], [], color=colour, marker=marker, label=label)
     ax.set_xscale("log")
     ax.set_xlim(min(xs) / 1.5, max(xs) * 1.5)
     ax.set_ylim(0, max(ys) * 1.1)
@@ -210,8 +243,7 @@ def figure(rows: list[dict[str, Any]], title: str, y_key: str = "mean_flow_loss_
     ax.set_ylabel(Y_AXES[y_key])
     ax.set_title(title, fontsize=10)
     ax.grid(True, alpha=0.3, which="both")
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(loc="upper right", fontsize=8)
+    ax.legend(loc="upper right", fontsize=8)
     return fig
 
 

@@ -1010,7 +1010,12 @@ def test_default_options_are_logged_as_the_values_used() -> None:
     shown = explicit_options(StAdv(), to_params(StAdv()))
     assert "None" not in shown.values()
     assert shown["wolfe"] == "weak" and "device" not in shown  # the runtime's, not an option
-    assert shown["stop"] == "first-success" and shown["polish"] == "150"
+    assert shown["stop"] == "first-success" and shown["polish"] == "50"
+    assert (shown["hinge"], shown["hinge_width"], shown["hinge_shift"]) == (
+        "softplus",
+        "0.2",
+        "0.1",
+    )
     converged = StAdv(stop="converged")
     assert explicit_options(converged, to_params(converged))["polish"] == "0"
     assert (
