@@ -204,10 +204,13 @@ def training(recs: Records) -> str:
 
 def throughput(recs: Records) -> str:
     labels = {
-        "lbfgs": "`lbfgs` (**default**: batched torch L-BFGS, weak Wolfe, first success + 150)",
-        "lbfgs-converged": '`lbfgs`, `stop="converged"` (run to convergence)',
-        "lbfgs-strong": '`lbfgs`, `wolfe="strong"`, converged (SciPy\'s algorithm)',
-        "lbfgs-first-success": "`lbfgs`, `polish=0` (stop at the first success: fast mode)",
+        "lbfgs": "`lbfgs` (**default**: batched torch L-BFGS, weak Wolfe, softplus hinge, "
+        "first success + 50)",
+        "lbfgs-converged": '`lbfgs`, `hinge="exact"`, `stop="converged"` (the paper\'s hinge to '
+        "convergence)",
+        "lbfgs-strong": '`lbfgs`, `wolfe="strong"`, exact hinge, converged (SciPy\'s algorithm)',
+        "lbfgs-first-success": "`lbfgs`, exact hinge, `polish=0` (stop at the first success: "
+        "fast mode)",
         "lbfgs-bf16": '`lbfgs`, `precision="bf16"` (the default in bfloat16 autocast)',
         "scipy-batched": "`scipy` (SciPy L-BFGS-B per attack, evaluations batched)",
         "scipy-loop": "`scipy-loop` (SciPy, one image at a time)",
@@ -595,7 +598,8 @@ def default_schedule(recs: Records) -> str:
 
 def schedules(recs: Records, folder: str, *, paper: bool) -> str:
     """One row per ``benchmarks/frontier.py`` record under ``folder``, by model, cheapest
-    first; ``paper`` adds the paper's Table 1 success."""
+    first; ``paper`` adds the paper's Table 1 success. The common successes and the ratios to
+    the converged attack are those of each record's own run (its commit, the last column)."""
     rows = []
     found = [r for k, r in recs.items() if k.startswith(folder)]
     for rec in sorted(
@@ -610,9 +614,10 @@ def schedules(recs: Records, folder: str, *, paper: bool) -> str:
                 *cells,
                 num(rec.stats["mean_flow_loss_common"]),
                 num(rec.stats["evaluations_per_attack"]),
-                f"{rec.stats.get('evaluations_vs_converged', float('nan')):.2f}x",
-                f"{rec.stats.get('flow_loss_vs_converged', float('nan')):.3f}",
+                _ratio(rec, "evaluations_vs_converged", "{:.2f}x"),
+                _ratio(rec, "flow_loss_vs_converged", "{:.3f}"),
                 num(rec.stats["attacks_per_s"]),
+                f"`{rec.commit}`",
             ]
         )
     head = [
@@ -625,8 +630,15 @@ def schedules(recs: Records, folder: str, *, paper: bool) -> str:
         "fewer evaluations than converged",
         "L_flow / converged's",
         "attacks/s",
+        "run",
     ]
     return table(head, rows) if rows else "No records yet.\n"
+
+
+def _ratio(rec: Record, key: str, spec: str) -> str:
+    """A frontier record's ratio to the converged attack of its run; "–" for a run without it."""
+    value = rec.stats.get(key)
+    return "–" if value is None else spec.format(value)
 
 
 def batching(recs: Records) -> str:
@@ -653,9 +665,12 @@ def failures(recs: Records) -> str:
         restarts = f"{rec.tags.get('restarts', '1')} x {rec.tags.get('restart_scale', '0.01')}"
         failed = "?" if rec.n is None or rec.successes is None else str(rec.n - rec.successes)
         images = rec.tags.get("images", "1000-1499")
-        row = [rec.tags.get("model", "?"), images, budget, restarts, str(rec.n), failed, rate(rec)]
-        rows.append(row)
-    head = ["model", "test images", "iteration budget", "restarts x std", "attacks", "failed"]
+        # records without a hinge tag searched the paper's exact hinge (the default until then)
+        hinge = rec.tags.get("hinge", "exact")
+        row = [rec.tags.get("model", "?"), images, hinge, budget, restarts, str(rec.n), failed]
+        rows.append([*row, rate(rec)])
+    head = ["model", "test images", "searched hinge", "iteration budget", "restarts x std"]
+    head += ["attacks", "failed"]
     head.append("targeted success")
     return table(head, rows) if rows else "No records.\n"
 
