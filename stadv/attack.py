@@ -120,8 +120,9 @@ CHOICES: dict[str, tuple[str, ...]] = {
 #: the upper end of the uniform draw (the TensorFlow demo draws flows from U[0, 1)).
 DEFAULT_INIT_SCALE: dict[str, float] = {"zeros": 0.0, "gaussian": 0.01, "uniform": 1.0}
 
-#: Accepted iterations after the first success of the default schedule (``polish=None``):
-#: the frontier's best point within 10 % of the converged L_flow that keeps its success.
+#: Accepted iterations after the first success of the default schedule (``polish=None``): on
+#: the smoothed hinge, the cheapest point of the frontier (``benchmarks/frontier.py``) whose
+#: mean L_flow is at or below that of the converged attack on the exact hinge.
 DEFAULT_POLISH = 50
 
 #: Options each solver ignores (a non-default value of one is a ``ValueError``).
