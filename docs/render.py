@@ -256,6 +256,7 @@ def sweeps(recs: Records) -> str:
         "sweeps/kappa_tau-B-paper",
         "sweeps/kappa_tau-B-tau0",
         "sweeps/kappa_tau-all-strong",
+        "sweeps/kappa_tau-all-default",
     ):
         rec = recs[key]
         wall = f"{rec.seconds / 60:.1f} min" if rec.seconds is not None else "–"

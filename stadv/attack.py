@@ -211,9 +211,15 @@ class StAdv:
             where one at std 0.01 left one on C (images 1000-1499) and two on B (images
             0-999; one remains): docs/performance.md. Must stay at its default with
             ``max_iterations=0`` (nothing is solved, so nothing is restarted).
-        restart_scale: std of the restarts' Gaussian initial flow, in ``units`` [0.1]. >= 0.
+        restart_scale: std of the first restart's Gaussian initial flow, in ``units`` [0.1]. >= 0.
             Must stay at its default when no restart can run (``restarts=0`` or
             ``max_iterations=0``).
+        restart_growth: restart ``k`` draws its flow with std
+            ``restart_scale * restart_growth ** (k - 1)`` [1.0: every restart at
+            ``restart_scale``]. >= 1. Why: an attack that fails from zero and from small random
+            flows may need a larger start (B's one failure over test images 0-999 at the
+            default, image 526 towards 6, is solved at std 0.2). Must stay at its default when
+            no restart can run.
         flow_loss: ``"eq5"`` [default] or ``"eq4"``; ``neighbours`` ``"4"`` [default],
             ``"diagonal"`` or ``"8"``; ``eq5_scale`` ``"none"`` [default], ``"n"``, ``"sqrt_n"``
             (``"none"`` with ``"eq4"``); ``flow_eps`` the epsilon under the square roots
@@ -287,6 +293,7 @@ class StAdv:
     polish: int | None = None
     restarts: int = 3
     restart_scale: float = 0.1
+    restart_growth: float = 1.0
     flow_loss: FlowLossVariant = "eq5"
     neighbours: Neighbours = "4"
     eq5_scale: Eq5Scale = "none"
@@ -332,6 +339,7 @@ class StAdv:
             raise ValueError("lr must be > 0, got 0")
         if self.init_scale is not None:
             check_real("init_scale", self.init_scale)
+        check_real("restart_growth", self.restart_growth, low=1.0)
         check_real("hinge_width", self.hinge_width, strict=True)
         check_real("hinge_shift", self.hinge_shift)
         for name, low in (
@@ -377,8 +385,10 @@ class StAdv:
         if self.max_iterations == 0:
             refuse("restarts", "max_iterations=0 (nothing is solved, so nothing is restarted)")
             refuse("restart_scale", "max_iterations=0 (no restart runs)")
+            refuse("restart_growth", "max_iterations=0 (no restart runs)")
         if self.restarts == 0:
             refuse("restart_scale", "restarts=0 (no restart runs)")
+            refuse("restart_growth", "restarts=0 (no restart runs)")
         if self.stop == "converged" and self.polish not in (None, 0):
             refuse("polish", "stop='converged' (the solver runs to its stopping rule)")
         if self.hinge == "exact":
@@ -484,7 +494,8 @@ class StAdv:
     def _initial_flow(self, x: torch.Tensor, goal: torch.Tensor, restart: int = 0) -> torch.Tensor:
         """Initial flows (M, 2, H, W) for the attacks on images ``x`` (M, C, H, W), run ``restart``.
 
-        Run 0 uses ``init``; restarts are Gaussian with std ``restart_scale``. Each attack's draw
+        Run 0 uses ``init``; restart ``k`` is Gaussian with std
+        ``restart_scale * restart_growth ** (k - 1)``. Each attack's draw
         comes from a generator seeded by (``seed``, ``restart``, its image's bytes, its target
         or label ``goal`` (M,)), so an attack gets the same draw in any batch, chunk or order.
         """
@@ -492,7 +503,11 @@ class StAdv:
         init = self.init if restart == 0 else "gaussian"
         if init == "zeros" or n == 0:
             return x.new_zeros((n, 2, h, w))
-        scale = self.effective_init_scale if restart == 0 else float(self.restart_scale)
+        scale = (
+            self.effective_init_scale
+            if restart == 0
+            else float(self.restart_scale) * float(self.restart_growth) ** (restart - 1)
+        )
         # raw bytes per image (any dtype, bfloat16 included, which NumPy lacks)
         images = x.detach().cpu().contiguous().flatten(1).view(torch.uint8).numpy()
         draws = []

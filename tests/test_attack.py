@@ -335,6 +335,25 @@ def test_the_default_restarts_three_times_at_std_01_and_only_what_still_fails(  
     assert torch.equal(default.flows[once.success], once.flows[once.success])
 
 
+def test_restart_scale_grows_by_restart_growth() -> None:
+    """Restart k draws its flow with std ``restart_scale * restart_growth ** (k - 1)``; the
+    growth must be a finite number >= 1 and, like the scale, is refused where no restart runs."""
+    x = torch.rand(64, 1, 28, 28)
+    goal = torch.arange(64) % 10
+    attack = StAdv(restart_scale=0.1, restart_growth=2.0)
+    for k, std in ((1, 0.1), (2, 0.2), (3, 0.4)):
+        drawn = float(attack._initial_flow(x, goal, restart=k).std())
+        assert abs(drawn - std) < 0.02 * std, (k, drawn)
+    same = StAdv(restart_scale=0.1)._initial_flow(x, goal, restart=3)
+    assert abs(float(same.std()) - 0.1) < 0.002  # the default does not grow
+    with pytest.raises(
+        ValueError, match=re.escape("restart_growth must be a finite number >= 1, got 0.5")
+    ):
+        StAdv(restart_growth=0.5)
+    with pytest.raises(ValueError, match=re.escape("restart_growth=2.0 is ignored by restarts=0")):
+        StAdv(restarts=0, restart_growth=2.0)
+
+
 def test_random_init_is_seeded(tiny_model_b: torch.nn.Module, batch) -> None:  # type: ignore[no-untyped-def]
     x, y = batch
     a = StAdv(init="gaussian", max_iterations=0, keep="last", seed=1)(
