@@ -664,6 +664,8 @@ def failures(recs: Records) -> str:
         budget = "150" if "budget150" in key else "1,000"
         # records without restart tags were run with the default of their day: 1 at std 0.01
         restarts = f"{rec.tags.get('restarts', '1')} x {rec.tags.get('restart_scale', '0.01')}"
+        if "restart_growth" in rec.tags:  # std restart_scale * growth ** (k - 1) at restart k
+            restarts += f", x{rec.tags['restart_growth']} per restart"
         failed = "?" if rec.n is None or rec.successes is None else str(rec.n - rec.successes)
         images = rec.tags.get("images", "1000-1499")
         # records without a hinge tag searched the paper's exact hinge (the default until then)

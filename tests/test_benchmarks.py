@@ -438,3 +438,15 @@ def test_detector_threshold_writes_a_record_per_attack(
         [*base, "--threshold", "-1"], cwd=REPO, capture_output=True, text=True, timeout=60
     )
     assert bad.returncode == 2 and "--threshold must be a finite number > 0, got -1" in bad.stderr
+
+
+def test_the_frontier_marks_the_librarys_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``benchmarks/frontier.py``'s ``DEFAULT_SCHEDULE`` is ``StAdv()``'s own schedule, and
+    every schedule spells its hinge (so a row stays its attack when the default changes)."""
+    from stadv.attack import StAdv
+
+    frontier = load_script(monkeypatch, REPO / "benchmarks" / "frontier.py")
+    default, chosen = StAdv(), frontier.SCHEDULES[frontier.DEFAULT_SCHEDULE]
+    assert chosen["hinge"] == default.hinge and chosen["stop"] == default.stop
+    assert chosen["polish"] == default.effective_polish
+    assert all("hinge" in options for options in frontier.SCHEDULES.values())
