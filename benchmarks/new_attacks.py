@@ -24,7 +24,9 @@ correctly, so that every success is the attack's), it runs:
   fp32), ``stadv-bf16-resample`` that with SciPy's handling of a child outside the bounds
   (``out_of_bounds="resample"``: a fresh uniform draw, not the border), and
   ``stadv-bf16-best1`` the same with torchattacks' whole DE variant (``strategy="best1"``,
-  ``mutation_high=1.0``, ``out_of_bounds="resample"``).
+  ``mutation_high=1.0``, ``out_of_bounds="resample"``); ``stadv-local`` and
+  ``stadv-bf16-local`` are FewPixel (fp32, bf16) with ``fitness_forward="local"`` (each
+  convolution recomputed only where the changed pixels reach it).
 
 For the DE rows, the model evaluations and the CPU milliseconds per evaluation are recorded
 too (on a shared machine CPU time is steadier than wall time; ``--de-max-batch`` sets
@@ -368,13 +370,15 @@ def print_table(rows: list[dict[str, Any]]) -> None:
 # ------------------------------------------------------------------------- main
 
 ATTACK_NAMES = ("deepfool", "jsma", "few-pixel")
-#: the ``stadv-bf16*`` implementations run only for few-pixel DE: :class:`FewPixel` with
+#: the ``stadv-bf16*`` and ``stadv-*local`` implementations run only for few-pixel DE: :class:`FewPixel` with
 #: ``fitness_precision="bf16"`` (and SciPy's bounds handling; and DE/best/1 with F in [0.5, 1))
 IMPLEMENTATIONS = (
     "stadv",
     "stadv-bf16",
     "stadv-bf16-resample",
     "stadv-bf16-best1",
+    "stadv-local",
+    "stadv-bf16-local",
     "torchattacks",
     "scipy",
 )
@@ -589,6 +593,8 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 ("stadv", de),
                 ("stadv-bf16", bf16),
                 ("stadv-bf16-resample", dataclasses.replace(bf16, out_of_bounds="resample")),
+                ("stadv-local", dataclasses.replace(de, fitness_forward="local")),
+                ("stadv-bf16-local", dataclasses.replace(bf16, fitness_forward="local")),
                 (
                     "stadv-bf16-best1",
                     dataclasses.replace(

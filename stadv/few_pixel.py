@@ -56,6 +56,7 @@ import torch
 from torch import nn
 
 from stadv.attack_base import AttackBatch, PixelAttack, check_attack_fields
+from stadv.local_forward import LocalForward, local_layers
 from stadv.options import check_choice, check_int, check_real
 from stadv.precision import Precision
 from stadv.result import AttackResult
@@ -63,6 +64,7 @@ from stadv.result import AttackResult
 FitnessPrecision = Literal["fp32", "bf16"]
 Strategy = Literal["rand1", "best1"]
 OutOfBounds = Literal["clip", "resample"]
+FitnessForward = Literal["full", "local"]
 
 #: Logit units: a candidate whose bfloat16 margin (the winning logit minus the best other, the
 #: sign that means success) is above ``-CONFIRM_BAND`` is evaluated again in fp32, and only that
@@ -70,6 +72,11 @@ OutOfBounds = Literal["clip", "resample"]
 #: each, bfloat16 autocast moved a logit by at most 0.12 / 0.10 / 0.16 (a margin by at most
 #: twice that); the band leaves three times that room.
 CONFIRM_BAND = 1.0
+
+#: Logit units: under ``fitness_forward="local"`` (fp32) a candidate whose margin is above
+#: ``-LOCAL_CONFIRM_BAND`` is evaluated again by the whole model. The local pass sums in
+#: another order than the model's own: on Models A/B/C its logits differ by ~1e-7 to 1e-5.
+LOCAL_CONFIRM_BAND = 1e-2
 
 #: Candidate images per model call on a CPU when ``max_batch`` is None (see the module docstring).
 CPU_MAX_BATCH = 256
@@ -113,6 +120,16 @@ class FewPixel(PixelAttack):
             every candidate within ``CONFIRM_BAND`` logits of success is evaluated again in fp32
             (counted in ``evaluations``), and the verdict on the returned images is strict fp32
             as always. So bfloat16 changes the search's path, never what is reported.
+        fitness_forward: how a candidate's logits are computed, ``"full"`` [default: the model
+            on the whole image] or ``"local"`` (:class:`stadv.local_forward.LocalForward`: the
+            clean image's activations are kept and each convolution recomputed only where the
+            k changed pixels reach it; the same logits to float rounding, 2.7-4.8x less CPU time
+            per evaluation on Model C, 1.1-3.2x on A, none on B, whose second convolution
+            every pixel reaches). The model must be a ``Sequential`` of convolutions and
+            element-wise modules up to a ``Flatten`` (a ``ValueError`` names the module that is
+            not). Candidates within ``LOCAL_CONFIRM_BAND`` logits of success (``CONFIRM_BAND``
+            under bfloat16) are evaluated again by the whole model in fp32, and only that
+            evaluation says success.
         max_batch: runtime only, not an option: most candidate images per model call [None:
             ``CPU_MAX_BATCH`` (256) on a CPU, and on other devices all of a generation's children
             in one call, the choice for a GPU]; does not change the result. On a CPU ~256 takes
@@ -149,6 +166,7 @@ class FewPixel(PixelAttack):
     check: bool = True
     precision: Precision = "fp32"
     fitness_precision: FitnessPrecision = "fp32"
+    fitness_forward: FitnessForward = "full"
     max_batch: int | None = field(default=None, metadata={"option": False})
 
     def __post_init__(self) -> None:
@@ -166,6 +184,7 @@ class FewPixel(PixelAttack):
         check_choice("strategy", self.strategy, get_args(Strategy))
         check_choice("out_of_bounds", self.out_of_bounds, get_args(OutOfBounds))
         check_choice("fitness_precision", self.fitness_precision, get_args(FitnessPrecision))
+        check_choice("fitness_forward", self.fitness_forward, get_args(FitnessForward))
         if self.max_batch is not None:
             check_int("max_batch", self.max_batch, low=1)
         check_attack_fields(self)
@@ -264,6 +283,26 @@ class FewPixel(PixelAttack):
                 out.append(net(imgs[i : i + step]).float())
         return torch.cat(out) if out else imgs.new_zeros(0, self.num_classes)
 
+    def _local_logits(
+        self, net: nn.Module, x: torch.Tensor, imgs: torch.Tensor, z: torch.Tensor, low: bool
+    ) -> torch.Tensor:
+        """fp32 logits of the candidates ``imgs`` (P S, C, H, W), the pixels ``z`` (P S, k,
+        2 + C) of the images ``x`` (P, C, H, W), by :class:`LocalForward`, in chunks."""
+        p = x.shape[0]
+        s = imgs.shape[0] // max(p, 1)
+        h, w = x.shape[-2:]
+        rows = z[..., 0].floor().long().clamp(0, h - 1).to(x.device)
+        cols = z[..., 1].floor().long().clamp(0, w - 1).to(x.device)
+        owner = torch.arange(p, device=x.device).repeat_interleave(s)
+        step = self.max_batch or (CPU_MAX_BATCH if imgs.device.type == "cpu" else imgs.shape[0])
+        fwd = LocalForward(net, x)
+        out = []
+        with torch.autocast(imgs.device.type, torch.bfloat16, enabled=low):
+            for i in range(0, imgs.shape[0], step):
+                sl = slice(i, i + step)
+                out.append(fwd(imgs[sl], owner[sl], rows[sl], cols[sl]).float())
+        return torch.cat(out) if out else imgs.new_zeros(0, self.num_classes)
+
     @staticmethod
     def _margin(logits: torch.Tensor, cls: torch.Tensor, targeted: bool) -> torch.Tensor:
         """Z_t - max_{i!=t} Z_i (targeted) or max_{i!=y} Z_i - Z_y (untargeted): positive
@@ -282,7 +321,7 @@ class FewPixel(PixelAttack):
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Fitness and success (P, S) of candidates ``z`` (P, S, k, 2 + C) on images x (P, ...),
         and the model evaluations made per image (P,): S, plus the fp32 confirmations under
-        ``fitness_precision="bf16"``."""
+        ``fitness_precision="bf16"`` or ``fitness_forward="local"``."""
         p, s = z.shape[:2]
         imgs = self.render(
             x.unsqueeze(1).expand(p, s, *x.shape[1:]).reshape(p * s, *x.shape[1:]),
@@ -290,16 +329,22 @@ class FewPixel(PixelAttack):
         )
         per = cls.repeat_interleave(s)
         low = self.fitness_precision == "bf16"
-        logits = self._logits(net, imgs, low)
+        local = self.fitness_forward == "local"
+        if local:
+            logits = self._local_logits(net, x, imgs, z.reshape(p * s, *z.shape[2:]), low)
+        else:
+            logits = self._logits(net, imgs, low)
         evals = torch.full((p,), s, dtype=torch.int64, device=x.device)
-        if low:
-            near = (self._margin(logits, per, targeted) > -CONFIRM_BAND).nonzero().flatten()
+        confirm = low or local
+        if confirm:
+            band = CONFIRM_BAND if low else LOCAL_CONFIRM_BAND
+            near = (self._margin(logits, per, targeted) > -band).nonzero().flatten()
             if near.numel():
                 logits[near] = self._logits(net, imgs[near], False)
                 evals += torch.bincount(near // s, minlength=p)
         pred = logits.argmax(dim=1)
         hit = (pred == per) if targeted else (pred != per)
-        if low:  # only an fp32 evaluation can say success: those outside the band had none
+        if confirm:  # only the model's fp32 evaluation says success: outside the band, none
             confirmed = torch.zeros_like(hit)
             confirmed[near] = True
             hit &= confirmed
@@ -314,6 +359,8 @@ class FewPixel(PixelAttack):
         shape = (x.shape[1], x.shape[2], x.shape[3])
         targeted = t is not None
         cls = t if t is not None else y
+        if self.fitness_forward == "local":
+            local_layers(net)  # a model it cannot run is named before any work
         gen = torch.Generator().manual_seed(self.seed)
         adv = x.clone()
         iters = torch.zeros(m, dtype=torch.int64, device=dev)

@@ -7,6 +7,7 @@ forward passes per image); each attack still breaks part of the tiny model.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 from pathlib import Path
@@ -20,7 +21,9 @@ from stadv.data import TensorData
 from stadv.deepfool import DeepFool
 from stadv.few_pixel import FewPixel
 from stadv.jsma import JSMA
+from stadv.local_forward import LocalForward, local_layers
 from stadv.margin import margin_loss
+from stadv.models import build_model
 from stadv.options import build, options
 from stadv.registry import ATTACKS as REGISTRY
 from stadv.registry import attack_class, label
@@ -327,6 +330,103 @@ def test_bf16_fitness_finds_exactly_the_fp32_successes(
     assert bool((r.extra["pixels_changed"] <= 5).all())
 
 
+def _padded_net() -> nn.Sequential:
+    """Convolutions with padding after the first layer too, and an element-wise module first."""
+    return nn.Sequential(
+        nn.Identity(),
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 6, 4, stride=2, padding=2),
+        nn.Tanh(),
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(5 * 15 * 15, 10),
+    )
+
+
+@pytest.mark.parametrize("net_name", ["A", "C", "padded"])
+def test_local_forward_gives_the_models_logits(net_name: str) -> None:
+    """:class:`LocalForward` (each convolution recomputed only where the changed pixels reach
+    it) gives the whole model's logits, at the borders too, with a padded convolution inside;
+    and it computes on boxes for these k (``local``), so the test checks the local path."""
+    torch.manual_seed(0)
+    net = (_padded_net() if net_name == "padded" else build_model(net_name)).eval()
+    clean = torch.rand(3, 1, 28, 28)
+    fwd = LocalForward(net, clean)
+    for k in (1, 3):
+        assert fwd.local(k)
+        z = FewPixel(pixels=k, population=30)._initial((1, 28, 28), torch.Generator())
+        z = z.repeat(3, 1, 1)  # (90, k, 3)
+        z[:10, :, 0] = 0.5  # top row
+        z[10:20, :, 1] = 27.9  # right column
+        z[20:25] = z[20:25, :1]  # all k pixels on one position
+        owner = torch.arange(3).repeat_interleave(30)
+        images = FewPixel.render(clean[owner], z)
+        with torch.no_grad():
+            want, before = net(images), net(clean[owner])
+        got = fwd(images, owner, z[..., 0].floor().long(), z[..., 1].floor().long())
+        assert (want - before).abs().max() > 1e-3  # the pixels changed the logits
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_local_forward_runs_the_whole_model_where_boxes_would_not_pay() -> None:
+    """Model B's second convolution is reached whole by any pixel: ``local`` is False and the
+    call is the model's own forward pass."""
+    torch.manual_seed(0)
+    net = build_model("B").eval()
+    clean = torch.rand(2, 1, 28, 28)
+    fwd = LocalForward(net, clean)
+    assert not fwd.local(1)
+    rows = torch.tensor([[3], [20]])
+    images = clean.clone()
+    images[0, 0, 3, 3], images[1, 0, 20, 20] = 1.0, 0.0
+    with torch.no_grad():
+        torch.testing.assert_close(fwd(images, torch.arange(2), rows, rows), net(images))
+
+
+@pytest.mark.parametrize(
+    ("net", "named"),
+    [
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten()), "MaxPool2d"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3, dilation=2), nn.Flatten()), "dilation"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU()), "Flatten"),
+        (nn.Sequential(nn.Conv2d(1, 2, 3), nn.Dropout().train(), nn.Flatten()), "eval mode"),
+        (nn.Sequential(nn.Flatten(), nn.Linear(784, 10)), "no convolution"),
+    ],
+)
+def test_local_forward_names_what_it_cannot_run(net: nn.Module, named: str) -> None:
+    with pytest.raises(ValueError, match=named):
+        local_layers(net)
+
+
+def test_few_pixel_local_forward_names_the_module_before_any_work() -> None:
+    net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(338, 10))
+    attack = FewPixel(fitness_forward="local", population=8, generations=1, check=False)
+    with pytest.raises(ValueError, match="MaxPool2d"):
+        attack(net, torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_few_pixel_local_forward_finds_what_the_full_forward_finds(precision: str) -> None:
+    """``fitness_forward="local"`` gives the same attack as the whole model's forward pass on
+    Model C's architecture (its logits are the model's; successes confirmed by the model)."""
+    torch.manual_seed(1)
+    net = build_model("C").eval()
+    x = torch.rand(4, 1, 28, 28)
+    y = torch.arange(4)
+    full = FewPixel(pixels=3, population=24, generations=4, fitness_precision=precision)
+    local = dataclasses.replace(full, fitness_forward="local")
+    a, b = full(net, x, y, targets="random"), local(net, x, y, targets="random")
+    if precision == "fp32":  # same logits, so the same path
+        assert torch.equal(a.adv_images, b.adv_images)
+        assert torch.equal(a.iterations, b.iterations)
+        # the local pass's near successes are evaluated again by the model, and counted
+        assert bool((b.evaluations >= a.evaluations).all())
+    assert torch.equal(b.success, net(b.adv_images).argmax(1) == b.targets)
+    assert bool((b.extra["pixels_changed"] <= 3).all())
+
+
 def test_misclassified_images_are_returned_unchanged(
     tiny_model_b: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]
 ) -> None:
@@ -382,6 +482,7 @@ def test_targeted_and_untargeted_refusals(
         (FewPixel, {"max_batch": 0}),
         (FewPixel, {"seed": -1}),
         (FewPixel, {"fitness_precision": "fp16"}),
+        (FewPixel, {"fitness_forward": "sparse"}),
         (FewPixel, {"strategy": "best2"}),
         (FewPixel, {"out_of_bounds": "reflect"}),
         (FewPixel, {"mutation_high": 0.4}),
