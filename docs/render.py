@@ -548,11 +548,22 @@ def new_attacks(recs: Records) -> str:
 
 
 def attack_libraries(recs: Records) -> str:
-    """Each new attack beside a maintained library's, same model and images (new_attacks.py)."""
+    """Each new attack beside a maintained library's, same model and images (new_attacks.py),
+    with its attacks/s over torchattacks' in the same run (same command), where it ran."""
+    keys = sorted(k for k in recs if k.startswith("new_attacks/compare-"))
+    library = {
+        (r.tags.get("model"), r.tags.get("attack"), r.command): r
+        for r in (recs[k] for k in keys)
+        if r.tags.get("implementation") == "torchattacks"
+    }
     rows = []
-    for key in sorted(k for k in recs if k.startswith("new_attacks/compare-")):
+    for key in keys:
         rec = recs[key]
         mean = rec.stats.get("statistic_successful_mean")
+        theirs = library.get((rec.tags.get("model"), rec.tags.get("attack"), rec.command))
+        ratio = "n/a"
+        if theirs is not None and theirs is not rec:
+            ratio = f"{rec.stats['attacks_per_second'] / theirs.stats['attacks_per_second']:.2f}x"
         rows.append(
             [
                 rec.tags.get("model", "?"),
@@ -561,9 +572,18 @@ def attack_libraries(recs: Records) -> str:
                 rate(rec),
                 "n/a" if mean is None else f"{mean:.4f}",
                 num(rec.stats["attacks_per_second"]),
+                ratio,
             ]
         )
-    head = ["model", "attack", "implementation", "success", "statistic (mean)", "attacks/s"]
+    head = [
+        "model",
+        "attack",
+        "implementation",
+        "success",
+        "statistic (mean)",
+        "attacks/s",
+        "vs torchattacks (same run)",
+    ]
     return table(head, rows) if rows else "No comparison records yet.\n"
 
 

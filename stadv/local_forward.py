@@ -117,6 +117,15 @@ def local_layers(
     raise ValueError("local forward needs an nn.Flatten after the convolutions; found none")
 
 
+def runs_locally(net: nn.Module) -> bool:
+    """Whether :class:`LocalForward` can run ``net`` (:func:`local_layers` accepts it)."""
+    try:
+        local_layers(net)
+    except ValueError:
+        return False
+    return True
+
+
 def _padding(conv: nn.Conv2d) -> tuple[int, int]:
     """The convolution's integer zero padding (:func:`local_layers` refuses string padding)."""
     return cast(tuple[int, int], tuple(conv.padding))

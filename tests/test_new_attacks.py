@@ -21,7 +21,7 @@ from stadv.data import TensorData
 from stadv.deepfool import DeepFool
 from stadv.few_pixel import FewPixel
 from stadv.jsma import JSMA
-from stadv.local_forward import LocalForward, local_layers
+from stadv.local_forward import LocalForward, local_layers, runs_locally
 from stadv.margin import margin_loss
 from stadv.models import build_model
 from stadv.options import build, options
@@ -402,9 +402,14 @@ def test_local_forward_names_what_it_cannot_run(net: nn.Module, named: str) -> N
 
 def test_few_pixel_local_forward_names_the_module_before_any_work() -> None:
     net = nn.Sequential(nn.Conv2d(1, 2, 3), nn.MaxPool2d(2), nn.Flatten(), nn.Linear(338, 10))
+    x, y = torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long)
     attack = FewPixel(fitness_forward="local", population=8, generations=1, check=False)
     with pytest.raises(ValueError, match="MaxPool2d"):
-        attack(net, torch.rand(2, 1, 28, 28), torch.zeros(2, dtype=torch.long))
+        attack(net, x, y)
+    assert not runs_locally(net) and runs_locally(build_model("C").eval())
+    auto = dataclasses.replace(attack, fitness_forward="auto")  # the whole model, here
+    full = dataclasses.replace(attack, fitness_forward="full")
+    assert torch.equal(auto(net, x, y).adv_images, full(net, x, y).adv_images)
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -418,6 +423,8 @@ def test_few_pixel_local_forward_finds_what_the_full_forward_finds(precision: st
     full = FewPixel(pixels=3, population=24, generations=4, fitness_precision=precision)
     local = dataclasses.replace(full, fitness_forward="local")
     a, b = full(net, x, y, targets="random"), local(net, x, y, targets="random")
+    auto = dataclasses.replace(full, fitness_forward="auto")(net, x, y, targets="random")
+    assert torch.equal(auto.adv_images, b.adv_images)  # C runs locally under "auto"
     if precision == "fp32":  # same logits, so the same path
         assert torch.equal(a.adv_images, b.adv_images)
         assert torch.equal(a.iterations, b.iterations)
