@@ -186,6 +186,8 @@ class LocalForward:
                 for m in stage.after:
                     a = m(a)
         self.flat_in = a  # (P, C', H', W'): the clean activation the tail flattens
+        # reused across calls: a fresh tensor of this size per call costs ~8x the copy itself
+        self._buffer: torch.Tensor | None = None
 
     def local(self, k: int) -> bool:
         """Whether candidates with ``k`` changed pixels run on boxes (else the whole model)."""
@@ -219,10 +221,19 @@ class LocalForward:
             n, k = rows.shape
             who = torch.arange(n, device=images.device).repeat_interleave(k)  # (N k,)
             r, c, _, _ = boxes[-1]
-            a = self._write(self.flat_in[owner], who, r, c, self._pyramid(images, who, boxes))
+            a = self._write(self._clean(owner), who, r, c, self._pyramid(images, who, boxes))
             for m in self.tail:
                 a = m(a)
+            if self._buffer is not None and a.data_ptr() == self._buffer.data_ptr():
+                a = a.clone()  # a tail that is a view of the reused buffer
         return a
+
+    def _clean(self, owner: torch.Tensor) -> torch.Tensor:
+        """The clean activations ``flat_in[owner]``, copied into the reused buffer."""
+        n = owner.shape[0]
+        if self._buffer is None or self._buffer.shape[0] < n:
+            self._buffer = self.flat_in.new_empty((n, *self.flat_in.shape[1:]))
+        return torch.index_select(self.flat_in, 0, owner, out=self._buffer[:n])
 
     def _pyramid(
         self,
@@ -291,11 +302,17 @@ class LocalForward:
         c0: torch.Tensor,
         patch: torch.Tensor,
     ) -> torch.Tensor:
-        """``clean`` (N, C, H, W, a fresh copy) with the boxes' values ``patch`` (N k, C, bh, bw)
-        written at (r0, c0)."""
+        """``clean`` (N, C, H, W, contiguous, written in place) with the boxes' values
+        ``patch`` (N k, C, bh, bw) written at (r0, c0)."""
+        _, ch, h, w = clean.shape
         bh, bw = patch.shape[-2:]
-        ri = r0.unsqueeze(1) + torch.arange(bh, device=r0.device)
-        ci = c0.unsqueeze(1) + torch.arange(bw, device=c0.device)
-        values = patch.permute(0, 2, 3, 1).to(clean.dtype)
-        clean[who[:, None, None], :, ri[:, :, None], ci[:, None, :]] = values
+        dev = r0.device
+        pos = (r0.view(-1, 1, 1) + torch.arange(bh, device=dev).view(1, -1, 1)) * w + (
+            c0.view(-1, 1, 1) + torch.arange(bw, device=dev).view(1, 1, -1)
+        )  # (N k, bh, bw) within a channel
+        at = (who * (ch * h * w)).view(-1, 1, 1, 1) + (torch.arange(ch, device=dev) * (h * w)).view(
+            1, -1, 1, 1
+        )
+        index = (at + pos.unsqueeze(1)).reshape(-1)
+        clean.view(-1).scatter_(0, index, patch.reshape(-1).to(clean.dtype))
         return clean
