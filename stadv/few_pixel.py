@@ -75,7 +75,8 @@ CONFIRM_BAND = 1.0
 
 #: Logit units: under ``fitness_forward="local"`` (fp32) a candidate whose margin is above
 #: ``-LOCAL_CONFIRM_BAND`` is evaluated again by the whole model. The local pass sums in
-#: another order than the model's own: on Models A/B/C its logits differ by ~1e-7 to 1e-5.
+#: another order than the model's own where kernels differ (on this project's CPU its logits
+#: were the model's, bit for bit: ``benchmarks/local_forward.py``).
 LOCAL_CONFIRM_BAND = 1e-2
 
 #: Candidate images per model call on a CPU when ``max_batch`` is None (see the module docstring).
@@ -123,12 +124,12 @@ class FewPixel(PixelAttack):
         fitness_forward: how a candidate's logits are computed, ``"full"`` [default: the model
             on the whole image] or ``"local"`` (:class:`stadv.local_forward.LocalForward`: the
             clean image's activations are kept and each convolution recomputed only where the
-            k changed pixels reach it; the model's logits, to float rounding. One thread, per
-            evaluation: 7.0 / 4.2 / 2.7x less CPU time on Model C for k = 1 / 3 / 5, 3.8 /
-            1.5x on A for k = 1 / 3 (k = 5 runs the whole model), none on B, whose second
-            convolution every pixel reaches). The model must be a ``Sequential`` of convolutions and
-            element-wise modules up to a ``Flatten`` (a ``ValueError`` names the module that is
-            not). Candidates within ``LOCAL_CONFIRM_BAND`` logits of success (``CONFIRM_BAND``
+            k changed pixels reach it; the model's logits, to float rounding). It saves CPU time
+            per evaluation the fewer layer positions the k pixels reach
+            (``benchmarks/local_forward.py`` measures it per model and k); none on Model B,
+            whose second convolution every pixel reaches. The model must be a ``Sequential``
+            of convolutions and element-wise modules up to a ``Flatten`` (a ``ValueError``
+            names the module that is not). Candidates within ``LOCAL_CONFIRM_BAND`` logits of success (``CONFIRM_BAND``
             under bfloat16) are evaluated again by the whole model in fp32, and only that
             evaluation says success. ``"auto"``: ``"local"`` where the model is such a
             network, else ``"full"``.

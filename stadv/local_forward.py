@@ -4,12 +4,13 @@ what the changed pixels reach.
 A convolution's output at position o depends only on the inputs in o's receptive field, so when
 an image x' differs from x at k pixels, a layer's output differs from the clean one only inside
 k boxes (one per changed pixel, grown by every convolution's kernel and stride on the way up).
-:class:`LocalForward` runs the clean images once and keeps every convolution's input; for a
-batch of candidates it then computes each convolution on the boxes alone (a patch of the
-candidate's own input around each box, so overlapping boxes see every change) and writes the
-results into a copy of the clean activation. The layers after the first ``Flatten`` run on the
-whole activation. In exact arithmetic the logits are the full forward pass's; in float32 they
-differ by rounding (another summation order: ~1e-6 of a logit on Models A/B/C).
+:class:`LocalForward` runs the clean images once and keeps the activation the ``Flatten``
+reads; for a batch of candidates it computes each convolution on the boxes alone, each box from
+the candidate's image through the receptive fields below it (so overlapping boxes see every
+change), and writes the last ones into a copy of that clean activation. The layers after the
+``Flatten`` run on the whole activation. In exact arithmetic the logits are the full forward pass's; in float32 they
+may differ by rounding where a kernel sums in another order (on this project's CPU they were
+identical for Models A/B/C: ``benchmarks/local_forward.py`` reports the largest difference).
 
 What it saves depends on how far a pixel reaches: for a 3x3 convolution on 26 x 26 inputs
 (Model C's second layer) one pixel's box is 5 x 5 of 24 x 24 outputs; on Model B a pixel reaches

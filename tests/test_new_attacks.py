@@ -573,3 +573,35 @@ def test_benchmark_script_runs_and_writes_json(data_root: Path, tmp_path: Path) 
     assert report["rows"][0]["success"] == 1.0  # DeepFool breaks both images
     with pytest.raises(SystemExit):
         bench.parse_args(["--n-images", "0"])
+
+
+def test_local_forward_benchmark_runs_and_writes_json(data_root: Path, tmp_path: Path) -> None:
+    spec = importlib.util.spec_from_file_location(
+        "local_forward_bench", BENCHMARK.parent / "local_forward.py"
+    )
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "local.json"
+    threads = torch.get_num_threads()
+    try:
+        rows = bench.main(
+            [
+                "--untrained", "--models", "B", "C", "--pixels", "1",
+                "--images", "2", "--candidates", "64", "--repeats", "1",
+                "--data-dir", str(data_root), "--json", str(out), "--record", str(tmp_path / "r"),
+            ]
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+    assert json.loads(out.read_text()) == rows
+    assert {(r["model"], r["precision"]) for r in rows} == {
+        (m, p) for m in "BC" for p in ("fp32", "bf16")
+    }
+    by = {(r["model"], r["precision"]): r for r in rows}
+    assert by[("C", "fp32")]["local_path"] and not by[("B", "fp32")]["local_path"]
+    assert by[("C", "fp32")]["max_logit_difference"] < 1e-4
+    assert all(r["evaluations"] == 64 and r["local_ms_per_1000"] > 0 for r in rows)
+    assert len(list((tmp_path / "r").glob("*.json"))) == 4
+    with pytest.raises(SystemExit):
+        bench.parse_args(["--candidates", "0"])
