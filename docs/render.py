@@ -587,6 +587,28 @@ def attack_libraries(recs: Records) -> str:
     return table(head, rows) if rows else "No comparison records yet.\n"
 
 
+def local_forward(recs: Records) -> str:
+    """CPU time per few-pixel evaluation, the whole model against LocalForward, same run
+    (benchmarks/local_forward.py records in results/local_forward)."""
+    rows = []
+    for key in sorted(k for k in recs if k.startswith("local_forward/")):
+        rec = recs[key]
+        st = rec.stats
+        rows.append(
+            [
+                rec.tags.get("model", "?"),
+                rec.tags.get("k", "?"),
+                rec.tags.get("precision", "?"),
+                "yes" if st.get("local_path") else "no (the whole model)",
+                f"{st['model_ms_per_1000']:.0f}",
+                f"{st['local_ms_per_1000']:.0f}",
+                f"{st['speedup']:.2f}x",
+            ]
+        )
+    head = ["model", "k", "precision", "on boxes", "model ms / 1,000", "local ms / 1,000"]
+    return table([*head, "speedup"], rows) if rows else "No records.\n"
+
+
 def few_pixel(recs: Records) -> str:
     """Few-pixel DE success per k, untargeted and towards one random target, per model: on the
     first 100 test images where that run exists, else on the first 20 (said in the cell)."""
@@ -705,6 +727,7 @@ TABLES: dict[str, Callable[[Records], str]] = {
     "default-schedule": default_schedule,
     "new-attacks": new_attacks,
     "few-pixel": few_pixel,
+    "local-forward": local_forward,
     "attack-libraries": attack_libraries,
     "table1": table1,
     "readings": readings,
