@@ -26,7 +26,8 @@ correctly, so that every success is the attack's), it runs:
   ``stadv-bf16-best1`` the same with torchattacks' whole DE variant (``strategy="best1"``,
   ``mutation_high=1.0``, ``out_of_bounds="resample"``); ``stadv-local`` and
   ``stadv-bf16-local`` are FewPixel (fp32, bf16) with ``fitness_forward="local"`` (each
-  convolution recomputed only where the changed pixels reach it).
+  convolution recomputed only where the changed pixels reach it), ``stadv-bf16-best1-local``
+  ``stadv-bf16-best1`` with it.
 
 For the DE rows, the model evaluations and the CPU milliseconds per evaluation are recorded
 too (on a shared machine CPU time is steadier than wall time; ``--de-max-batch`` sets
@@ -379,6 +380,7 @@ IMPLEMENTATIONS = (
     "stadv-bf16-best1",
     "stadv-local",
     "stadv-bf16-local",
+    "stadv-bf16-best1-local",
     "torchattacks",
     "scipy",
 )
@@ -595,6 +597,16 @@ def benchmark(args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
                 ("stadv-bf16-resample", dataclasses.replace(bf16, out_of_bounds="resample")),
                 ("stadv-local", dataclasses.replace(de, fitness_forward="local")),
                 ("stadv-bf16-local", dataclasses.replace(bf16, fitness_forward="local")),
+                (
+                    "stadv-bf16-best1-local",
+                    dataclasses.replace(
+                        bf16,
+                        strategy="best1",
+                        mutation_high=1.0,
+                        out_of_bounds="resample",
+                        fitness_forward="local",
+                    ),
+                ),
                 (
                     "stadv-bf16-best1",
                     dataclasses.replace(
