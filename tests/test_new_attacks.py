@@ -529,11 +529,17 @@ def test_registry_and_option_schema() -> None:
 # -- the benchmark script, in a tiny configuration ---------------------------------------------
 
 
-def test_benchmark_script_runs_and_writes_json(data_root: Path, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location("new_attacks_bench", BENCHMARK)
+def _script(path: Path) -> Any:
+    """The benchmark script at ``path``, imported as a module."""
+    spec = importlib.util.spec_from_file_location(path.stem + "_bench", path)
     assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_benchmark_script_runs_and_writes_json(data_root: Path, tmp_path: Path) -> None:
+    bench = _script(BENCHMARK)
     out = tmp_path / "bench.json"
     threads = torch.get_num_threads()
     try:
@@ -576,12 +582,7 @@ def test_benchmark_script_runs_and_writes_json(data_root: Path, tmp_path: Path) 
 
 
 def test_local_forward_benchmark_runs_and_writes_json(data_root: Path, tmp_path: Path) -> None:
-    spec = importlib.util.spec_from_file_location(
-        "local_forward_bench", BENCHMARK.parent / "local_forward.py"
-    )
-    assert spec is not None and spec.loader is not None
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _script(BENCHMARK.parent / "local_forward.py")
     out = tmp_path / "local.json"
     threads = torch.get_num_threads()
     try:
