@@ -129,15 +129,15 @@ class FewPixel(PixelAttack):
             (``benchmarks/local_forward.py`` measures it per model and k); none on Model B,
             whose second convolution every pixel reaches. The model must be a ``Sequential``
             of convolutions and element-wise modules up to a ``Flatten`` (a ``ValueError``
-            names the module that is not). Candidates within ``LOCAL_CONFIRM_BAND`` logits of success (``CONFIRM_BAND``
-            under bfloat16) are evaluated again by the whole model in fp32, and only that
-            evaluation says success. ``"auto"``: ``"local"`` where the model is such a
-            network, else ``"full"``.
+            names the module that is not). Candidates within ``LOCAL_CONFIRM_BAND`` logits of
+            success (``CONFIRM_BAND`` under bfloat16) are evaluated again by the whole model in
+            fp32, and only that evaluation says success. ``"auto"``: ``"local"`` where the
+            model is such a network, else ``"full"``.
         max_batch: runtime only, not an option: most candidate images per model call [None:
             ``CPU_MAX_BATCH`` (256) on a CPU, and on other devices all of a generation's children
             in one call, the choice for a GPU]; does not change the result. On a CPU ~256 takes
-            ~30 % less CPU time per evaluation than one call of
-            thousands of images (see the module docstring).
+            ~30 % less CPU time per evaluation than one call of thousands of images (see the
+            module docstring).
 
     Call: ``attack(model, images, labels, targets=None) -> AttackResult`` with ``images``
     (N, C, H, W) in ``bounds``, ``labels`` (N,), ``targets`` None (untargeted) or a tensor /
@@ -262,12 +262,16 @@ class FewPixel(PixelAttack):
         return lo, hi
 
     @staticmethod
+    def _positions(z: torch.Tensor, h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Integer rows and columns (B, k) of the pixels of candidates ``z`` (B, k, 2 + C)."""
+        return z[..., 0].floor().long().clamp(0, h - 1), z[..., 1].floor().long().clamp(0, w - 1)
+
+    @staticmethod
     def render(images: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """Images (B, C, H, W) with the pixels of candidates ``z`` (B, k, 2 + C) set."""
         b, c, h, w = images.shape
         out = images.reshape(b, c, h * w).clone()
-        rows = z[..., 0].floor().long().clamp(0, h - 1)
-        cols = z[..., 1].floor().long().clamp(0, w - 1)
+        rows, cols = FewPixel._positions(z, h, w)
         pos = rows * w + cols  # (B, k)
         values = z[..., 2:].to(images.dtype)  # (B, k, C)
         for j in range(z.shape[1]):  # in order: a later pixel wins where two coincide
@@ -279,26 +283,26 @@ class FewPixel(PixelAttack):
     def _logits(self, net: nn.Module, imgs: torch.Tensor, low: bool) -> torch.Tensor:
         """fp32 logits of ``imgs``, computed in bfloat16 autocast when ``low``, in chunks of
         ``max_batch``."""
-        step = self.max_batch or (CPU_MAX_BATCH if imgs.device.type == "cpu" else imgs.shape[0])
+        step = self._step(imgs)
         out = []
         with torch.no_grad(), torch.autocast(imgs.device.type, torch.bfloat16, enabled=low):
             for i in range(0, imgs.shape[0], step):
                 out.append(net(imgs[i : i + step]).float())
         return torch.cat(out) if out else imgs.new_zeros(0, self.num_classes)
 
+    def _step(self, imgs: torch.Tensor) -> int:
+        """Candidate images per model call: ``max_batch``, else ``CPU_MAX_BATCH`` on a CPU and
+        all of ``imgs`` elsewhere."""
+        return self.max_batch or (CPU_MAX_BATCH if imgs.device.type == "cpu" else imgs.shape[0])
+
     def _local_logits(
-        self, net: nn.Module, x: torch.Tensor, imgs: torch.Tensor, z: torch.Tensor, low: bool
+        self, fwd: LocalForward, owner: torch.Tensor, imgs: torch.Tensor, z: torch.Tensor, low: bool
     ) -> torch.Tensor:
         """fp32 logits of the candidates ``imgs`` (P S, C, H, W), the pixels ``z`` (P S, k,
-        2 + C) of the images ``x`` (P, C, H, W), by :class:`LocalForward`, in chunks."""
-        p = x.shape[0]
-        s = imgs.shape[0] // max(p, 1)
-        h, w = x.shape[-2:]
-        rows = z[..., 0].floor().long().clamp(0, h - 1).to(x.device)
-        cols = z[..., 1].floor().long().clamp(0, w - 1).to(x.device)
-        owner = torch.arange(p, device=x.device).repeat_interleave(s)
-        step = self.max_batch or (CPU_MAX_BATCH if imgs.device.type == "cpu" else imgs.shape[0])
-        fwd = LocalForward(net, x)
+        2 + C) of the clean images ``owner`` (P S,) of ``fwd``, by :class:`LocalForward`, in
+        chunks."""
+        rows, cols = self._positions(z.to(imgs.device), imgs.shape[-2], imgs.shape[-1])
+        step = self._step(imgs)
         out = []
         with torch.autocast(imgs.device.type, torch.bfloat16, enabled=low):
             for i in range(0, imgs.shape[0], step):
@@ -317,15 +321,18 @@ class FewPixel(PixelAttack):
     def _evaluate(
         self,
         net: nn.Module,
-        x: torch.Tensor,
+        images: torch.Tensor,
+        idx: torch.Tensor,
         z: torch.Tensor,
         cls: torch.Tensor,
         targeted: bool,
-        local: bool = False,
+        fwd: LocalForward | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Fitness and success (P, S) of candidates ``z`` (P, S, k, 2 + C) on images x (P, ...),
-        and the model evaluations made per image (P,): S, plus the fp32 confirmations under
-        ``fitness_precision="bf16"`` or ``local`` (logits by :class:`LocalForward`)."""
+        """Fitness and success (P, S) of candidates ``z`` (P, S, k, 2 + C) on the images
+        ``images[idx]`` (P, ...), and the model evaluations made per image (P,): S, plus the
+        fp32 confirmations under ``fitness_precision="bf16"`` or a local pass ``fwd`` (a
+        :class:`LocalForward` of all of ``images``) computing the logits."""
+        x = images[idx]
         p, s = z.shape[:2]
         imgs = self.render(
             x.unsqueeze(1).expand(p, s, *x.shape[1:]).reshape(p * s, *x.shape[1:]),
@@ -333,12 +340,13 @@ class FewPixel(PixelAttack):
         )
         per = cls.repeat_interleave(s)
         low = self.fitness_precision == "bf16"
-        if local:
-            logits = self._local_logits(net, x, imgs, z.reshape(p * s, *z.shape[2:]), low)
+        if fwd is not None:
+            owner = idx.repeat_interleave(s)
+            logits = self._local_logits(fwd, owner, imgs, z.reshape(p * s, *z.shape[2:]), low)
         else:
             logits = self._logits(net, imgs, low)
         evals = torch.full((p,), s, dtype=torch.int64, device=x.device)
-        confirm = low or local
+        confirm = low or fwd is not None
         if confirm:
             band = CONFIRM_BAND if low else LOCAL_CONFIRM_BAND
             near = (self._margin(logits, per, targeted) > -band).nonzero().flatten()
@@ -364,9 +372,11 @@ class FewPixel(PixelAttack):
         cls = t if t is not None else y
         if self.fitness_forward == "local":
             local_layers(net)  # a model it cannot run is named before any work
-        local = self.fitness_forward == "local" or (
+        fwd = None  # the clean activations of every image, once per attack
+        if self.fitness_forward == "local" or (
             self.fitness_forward == "auto" and runs_locally(net)
-        )
+        ):
+            fwd = LocalForward(net, x)
         gen = torch.Generator().manual_seed(self.seed)
         adv = x.clone()
         iters = torch.zeros(m, dtype=torch.int64, device=dev)
@@ -381,14 +391,14 @@ class FewPixel(PixelAttack):
         z0 = self._initial(shape, gen)
         pop = z0.unsqueeze(0).expand(idx.numel(), *z0.shape).clone()
         if idx.numel():
-            fit, hit, made = self._evaluate(net, x[idx], pop, cls[idx], targeted, local)
+            fit, hit, made = self._evaluate(net, x, idx, pop, cls[idx], targeted, fwd)
             evals[idx] += made
             idx, pop, fit = self._finish_hits(adv, reasons, x, idx, pop, fit, hit)
         for g in range(1, self.generations + 1):
             if idx.numel() == 0:
                 break
             child = self._children(pop, fit, gen, shape)
-            cfit, chit, made = self._evaluate(net, x[idx], child, cls[idx], targeted, local)
+            cfit, chit, made = self._evaluate(net, x, idx, child, cls[idx], targeted, fwd)
             iters[idx] = g
             evals[idx] += made
             better = cfit <= fit

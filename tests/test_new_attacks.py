@@ -311,7 +311,7 @@ def test_bf16_fitness_finds_exactly_the_fp32_successes(
     low = FewPixel(pixels=5, population=64, fitness_precision="bf16")
     z = torch.stack([low._initial((1, 28, 28), gen) for _ in range(6)])  # (6, 64, 5, 3)
     for targeted, cls in ((False, y), (True, (y + 1) % 10)):
-        fit, hit, evals = low._evaluate(tiny_model_b.eval(), x, z, cls, targeted)
+        fit, hit, evals = low._evaluate(tiny_model_b.eval(), x, torch.arange(6), z, cls, targeted)
         imgs = FewPixel.render(
             x.unsqueeze(1).expand(6, 64, 1, 28, 28).reshape(-1, 1, 28, 28), z.reshape(-1, 5, 3)
         )
