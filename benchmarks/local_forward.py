@@ -12,6 +12,11 @@ whether the local path ran (``LocalForward.local(k)``; where it does not, the mo
         --json /tmp/local_forward.json --record results/local_forward
 
 ``--untrained`` uses freshly initialised models (seconds, no model store: the test's mode).
+
+On Model B, where ``LocalForward`` runs the whole model (every pixel reaches all of the second
+convolution), it also times :class:`SparseSecondConv`, an experiment kept here and not in
+``stadv``: the second convolution computed from the first layer's change alone (columns
+``sparse ms/1k`` and ``sparse x``; keys ``sparse_*`` in the JSON and the records).
 """
 
 from __future__ import annotations
@@ -26,10 +31,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 
 from stadv.data import load_tensors
 from stadv.few_pixel import CPU_MAX_BATCH, FewPixel
-from stadv.local_forward import LocalForward
+from stadv.local_forward import LocalForward, _out_box, _padding, local_layers
 from stadv.models import build_model
 from stadv.records import make_record, write_record
 from stadv.store import load_pretrained
@@ -70,10 +76,118 @@ def cpu_ms(run: Callable[[], torch.Tensor], repeats: int) -> tuple[float, torch.
     return best * 1e3, out
 
 
+class SparseSecondConv:
+    """Logits of few-pixel candidates with the second convolution computed from the change of
+    the first layer's output alone (Model B's shape: two or more convolution stages, the
+    second with stride s, no padding and a kernel divisible by s).
+
+    The first stage runs on each pixel's box (as :class:`LocalForward`); its change
+    d = relu(a') - relu(a) is nonzero on those boxes only (a position in two boxes counts in
+    the first), so conv2(a') = conv2(a) + conv2(d), and conv2(d) needs, per changed position
+    R, only the taps u = R - s j of the outputs j that read it: one matrix product per residue
+    class of R mod s (taps u = R mod s + s i), scattered into the outputs by ``index_add_``.
+    The stages after the second and the tail run whole.
+    """
+
+    def __init__(self, net: torch.nn.Module, clean: torch.Tensor) -> None:
+        self.pre, stages, self.tail = local_layers(net)
+        if len(stages) < 2:
+            raise ValueError(f"SparseSecondConv needs two convolution stages, got {len(stages)}")
+        self.first, self.second, self.rest = stages[0], stages[1], stages[2:]
+        conv = self.second.conv
+        (s, s2), (kh, kw) = conv.stride, conv.kernel_size
+        if s != s2 or kh % s or kw % s or any(conv.padding):
+            raise ValueError(f"SparseSecondConv needs stride | kernel and no padding; got {conv!r}")
+        self.s, self.taps = s, (kh // s, kw // s)
+        c_in = conv.in_channels
+        # per residue (rr, rc): (C_in, taps_h * taps_w * C_out), taps u = rr + s i, v = rc + s j
+        self.weights = {
+            (rr, rc): conv.weight[:, :, rr::s, rc::s].permute(1, 2, 3, 0).reshape(c_in, -1)
+            for rr in range(s)
+            for rc in range(s)
+        }
+        with torch.no_grad():
+            a = clean
+            for m in self.pre:
+                a = m(a)
+            self.in_size = (a.shape[-2], a.shape[-1])
+            a = self.first.conv(a)
+            for m in self.first.after:
+                a = m(a)
+            self.a1 = a  # (P, C_in, H1, W1) after the first stage
+            self.z2 = conv(a)  # (P, C_out, H2, W2) before the second stage's activation
+
+    def __call__(
+        self, images: torch.Tensor, owner: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        with torch.no_grad():
+            return self._logits(images, owner, rows, cols)
+
+    def _logits(
+        self, images: torch.Tensor, owner: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor
+    ) -> torch.Tensor:
+        n, k = rows.shape
+        c1 = self.first.conv
+        h, w = self.in_size
+        who = torch.arange(n).repeat_interleave(k)
+        r, oh, h1 = _out_box(rows.reshape(-1), 1, c1, 0, h)
+        c, ow, w1 = _out_box(cols.reshape(-1), 1, c1, 1, w)
+        (sh, sw), (kh, kw), (ph, pw) = c1.stride, c1.kernel_size, _padding(c1)
+        win = LocalForward._gather(
+            images, who, r * sh - ph, c * sw - pw, (oh - 1) * sh + kh, (ow - 1) * sw + kw
+        )  # fmt: skip
+        for m in self.pre:
+            win = m(win)
+        new = F.conv2d(win, c1.weight, c1.bias, stride=c1.stride)
+        for m in self.first.after:
+            new = m(new)
+        ri = r[:, None] + torch.arange(oh)
+        ci = c[:, None] + torch.arange(ow)
+        old = self.a1[owner[who][:, None, None], :, ri[:, :, None], ci[:, None, :]]
+        d = new - old.permute(0, 3, 1, 2).to(new.dtype)  # (N k, C_in, oh, ow)
+        if k > 1:  # a position also in an earlier pixel's box is counted there
+            br, bc = r.view(n, k, 1, 1), c.view(n, k, 1, 1)
+            pr, pc = ri.view(n, k, oh, 1), ci.view(n, k, 1, ow)
+            seen = torch.zeros(n, k, oh, ow, dtype=torch.bool)
+            for j in range(1, k):
+                for i in range(j):
+                    inside_r = (pr[:, j] >= br[:, i]) & (pr[:, j] < br[:, i] + oh)
+                    inside_c = (pc[:, j] >= bc[:, i]) & (pc[:, j] < bc[:, i] + ow)
+                    seen[:, j] |= inside_r & inside_c
+            d = d * (~seen).view(n * k, 1, oh, ow).to(d.dtype)
+        x = d.permute(0, 2, 3, 1).reshape(-1, d.shape[1])  # (N k oh ow, C_in)
+        pos_r = ri[:, :, None].expand(-1, oh, ow).reshape(-1)
+        pos_c = ci[:, None, :].expand(-1, oh, ow).reshape(-1)
+        pos_n = who[:, None].expand(-1, oh * ow).reshape(-1)
+        _, c_out, h2, w2 = self.z2.shape
+        out = x.new_zeros(n * h2 * w2 + 1, c_out)  # the last row takes taps outside the output
+        th, tw = self.taps
+        for (rr, rc), weight in self.weights.items():
+            sel = ((pos_r % self.s == rr) & (pos_c % self.s == rc)).nonzero().flatten()
+            y = (x[sel] @ weight.to(x.dtype)).view(-1, th, tw, c_out)
+            jr = (pos_r[sel] - rr).div(self.s, rounding_mode="floor")[:, None] - torch.arange(th)
+            jc = (pos_c[sel] - rc).div(self.s, rounding_mode="floor")[:, None] - torch.arange(tw)
+            ok = ((jr >= 0) & (jr < h2))[:, :, None] & ((jc >= 0) & (jc < w2))[:, None, :]
+            at = pos_n[sel, None, None] * (h2 * w2) + jr[:, :, None] * w2 + jc[:, None, :]
+            at = torch.where(ok, at, n * h2 * w2)
+            out.index_add_(0, at.reshape(-1), y.reshape(-1, c_out).to(out.dtype))
+        a = self.z2[owner] + out[:-1].view(n, h2, w2, c_out).permute(0, 3, 1, 2).to(self.z2.dtype)
+        for m in self.second.after:
+            a = m(a)
+        for stage in self.rest:
+            a = stage.conv(a)
+            for m in stage.after:
+                a = m(a)
+        for m in self.tail:
+            a = m(a)
+        return a
+
+
 def measure(
-    net: torch.nn.Module, clean: torch.Tensor, k: int, n: int, repeats: int
+    net: torch.nn.Module, clean: torch.Tensor, k: int, n: int, repeats: int, sparse: bool = False
 ) -> list[dict[str, Any]]:
-    """The rows (one per precision) for ``k`` pixels on ``n`` candidates."""
+    """The rows (one per precision) for ``k`` pixels on ``n`` candidates; with ``sparse``
+    also :class:`SparseSecondConv`'s time and largest logit difference (keys ``sparse_*``)."""
     p = clean.shape[0]
     per = -(-n // p)
     z = FewPixel(pixels=k, population=per)._initial(
@@ -85,6 +199,7 @@ def measure(
     rows = z[..., 0].floor().long()
     cols = z[..., 1].floor().long()
     fwd = LocalForward(net, clean)
+    sparse_fwd = SparseSecondConv(net, clean) if sparse else None
     step = CPU_MAX_BATCH
     total = images.shape[0]
 
@@ -92,24 +207,28 @@ def measure(
         with torch.no_grad():
             return torch.cat([net(images[i : i + step]) for i in range(0, total, step)])
 
-    def local() -> torch.Tensor:
-        return torch.cat(
-            [
-                fwd(
-                    images[i : i + step],
-                    owner[i : i + step],
-                    rows[i : i + step],
-                    cols[i : i + step],
-                )
-                for i in range(0, total, step)
-            ]
-        )
+    def chunks(fn: Callable[..., torch.Tensor]) -> Callable[[], torch.Tensor]:
+        def run() -> torch.Tensor:
+            sl = [slice(i, i + step) for i in range(0, total, step)]
+            return torch.cat([fn(images[s], owner[s], rows[s], cols[s]) for s in sl])
+
+        return run
 
     out = []
     for precision in PRECISIONS:
+        extra: dict[str, Any] = {}
         with torch.autocast("cpu", torch.bfloat16, enabled=precision == "bf16"):
             full_ms, want = cpu_ms(whole, repeats)
-            local_ms, got = cpu_ms(local, repeats)
+            local_ms, got = cpu_ms(chunks(fwd), repeats)
+            if sparse_fwd is not None:
+                sparse_ms, other = cpu_ms(chunks(sparse_fwd), repeats)
+                extra = {
+                    "sparse_ms_per_1000": sparse_ms * 1000 / total,
+                    "sparse_speedup": full_ms / sparse_ms,
+                    "sparse_max_logit_difference": float(
+                        (want.float() - other.float()).abs().max()
+                    ),
+                }
         out.append(
             {
                 "k": k,
@@ -120,6 +239,7 @@ def measure(
                 "local_ms_per_1000": local_ms * 1000 / total,
                 "speedup": full_ms / local_ms,
                 "max_logit_difference": float((want.float() - got.float()).abs().max()),
+                **extra,
             }
         )
     return out
@@ -138,15 +258,21 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
             net = load_pretrained(name, store=args.store, train_if_missing=False)
         net.eval()
         for k in args.pixels:
-            for row in measure(net, clean, k, args.candidates, args.repeats):
+            for row in measure(net, clean, k, args.candidates, args.repeats, sparse=name == "B"):
                 results.append({"model": name, **row})
     head = f"{'model':<6}{'k':>3} {'precision':<10}{'local':>6}{'model ms/1k':>13}"
-    print(head + f"{'local ms/1k':>13}{'speedup':>9}{'max |dlogit|':>14}")
+    print(head + f"{'local ms/1k':>13}{'speedup':>9}{'max |dlogit|':>14}", end="")
+    print(f"{'sparse ms/1k':>15}{'sparse x':>10}" if "B" in args.models else "")
     for r in results:
         print(
             f"{r['model']:<6}{r['k']:>3} {r['precision']:<10}{'yes' if r['local_path'] else 'no':>6}"
             f"{r['model_ms_per_1000']:>13.1f}{r['local_ms_per_1000']:>13.1f}"
             f"{r['speedup']:>8.2f}x{r['max_logit_difference']:>14.2e}"
+            + (
+                f"{r['sparse_ms_per_1000']:>15.1f}{r['sparse_speedup']:>9.2f}x"
+                if "sparse_speedup" in r
+                else ""
+            )
         )
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2))

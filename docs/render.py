@@ -603,10 +603,16 @@ def local_forward(recs: Records) -> str:
                 f"{st['model_ms_per_1000']:.0f}",
                 f"{st['local_ms_per_1000']:.0f}",
                 f"{st['speedup']:.2f}x",
+                (
+                    f"{st['sparse_ms_per_1000']:.0f} ({st['sparse_speedup']:.2f}x)"
+                    if "sparse_speedup" in st
+                    else ""
+                ),
             ]
         )
     head = ["model", "k", "precision", "on boxes", "model ms / 1,000", "local ms / 1,000"]
-    return table([*head, "speedup"], rows) if rows else "No records.\n"
+    sparse = "sparse second conv, ms / 1,000 (speedup)"
+    return table([*head, "speedup", sparse], rows) if rows else "No records.\n"
 
 
 def few_pixel(recs: Records) -> str:

@@ -602,7 +602,39 @@ def test_local_forward_benchmark_runs_and_writes_json(data_root: Path, tmp_path:
     by = {(r["model"], r["precision"]): r for r in rows}
     assert by[("C", "fp32")]["local_path"] and not by[("B", "fp32")]["local_path"]
     assert by[("C", "fp32")]["max_logit_difference"] < 1e-4
+    assert by[("B", "fp32")]["sparse_max_logit_difference"] < 1e-4
+    assert by[("B", "bf16")]["sparse_ms_per_1000"] > 0 and "sparse_speedup" not in by[("C", "fp32")]
     assert all(r["evaluations"] == 64 and r["local_ms_per_1000"] > 0 for r in rows)
     assert len(list((tmp_path / "r").glob("*.json"))) == 4
     with pytest.raises(SystemExit):
         bench.parse_args(["--candidates", "0"])
+
+
+def test_sparse_second_conv_gives_the_models_logits() -> None:
+    """The benchmark's experiment (the second convolution from the first layer's change
+    alone) gives the model's logits on B (stride 2) and C (stride 1), also where pixels share a
+    row, a box or a position, and at the image's corners; a model it cannot run is named."""
+    bench = _script(BENCHMARK.parent / "local_forward.py")
+    clean = torch.rand(2, 1, 28, 28)
+    rows = torch.tensor([[0, 0, 1], [27, 26, 27], [5, 6, 7], [13, 13, 13], [3, 20, 27]])
+    cols = torch.tensor([[0, 1, 0], [27, 27, 0], [5, 6, 7], [13, 13, 13], [25, 4, 0]])
+    owner = torch.tensor([0, 1, 0, 1, 1])
+    images = clean[owner].clone()
+    for n in range(5):
+        images[n, 0, rows[n], cols[n]] = torch.rand(3)
+    for name in "BC":
+        torch.manual_seed(0)
+        net = build_model(name).eval()
+        with torch.no_grad():
+            want = net(images)
+        got = bench.SparseSecondConv(net, clean)(images, owner, rows, cols)
+        assert torch.allclose(got, want, atol=1e-5), (name, float((got - want).abs().max()))
+    one = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Flatten(), nn.Linear(2 * 26 * 26, 10))
+    with pytest.raises(ValueError, match="two convolution stages, got 1"):
+        bench.SparseSecondConv(one.eval(), clean)
+    padded = nn.Sequential(
+        nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Conv2d(2, 2, 3, padding=1), nn.Flatten(),
+        nn.Linear(2 * 26 * 26, 10),
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="no padding"):
+        bench.SparseSecondConv(padded.eval(), clean)
