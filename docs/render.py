@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import re
+import shlex
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -615,6 +616,33 @@ def local_forward(recs: Records) -> str:
     return table([*head, "speedup", sparse], rows) if rows else "No records.\n"
 
 
+def _option(rec: Record, flag: str) -> str:
+    """The value given to ``flag`` in the record's command, or "default"."""
+    words = shlex.split(rec.command)
+    return words[words.index(flag) + 1] if flag in words[:-1] else "default"
+
+
+def few_pixel_seeds(recs: Records) -> str:
+    """Few-pixel DE runs that differ only in ``--seed`` (records in results/new_attacks/seeds),
+    one row each, then all of a model's runs pooled, with the Wilson 95 % interval."""
+    rows = []
+    pooled: dict[tuple[str, str], list[int]] = {}
+    for key in sorted(k for k in recs if k.startswith("new_attacks/seeds/")):
+        rec = recs[key]
+        m, k = rec.tags.get("model", "?"), _option(rec, "--pixels")
+        row = [m, k, _option(rec, "--strategy"), _option(rec, "--seed"), str(rec.n), rate(rec)]
+        rows.append([*row, f"{rec.seconds:.0f}" if rec.seconds is not None else "n/a"])
+        tally = pooled.setdefault((m, k), [0, 0])
+        tally[0] += rec.successes or 0
+        tally[1] += rec.n or 0
+    for (m, k), (hits, n) in pooled.items():
+        low, high = wilson_interval(hits, n)
+        pooled_rate = f"{pct(hits / n)} [{100 * low:.2f}, {100 * high:.2f}]"
+        rows.append([m, k, "all runs above", "pooled", str(n), pooled_rate, ""])
+    head = ["model", "k", "strategy", "seed", "images", "success", "seconds"]
+    return table(head, rows) if rows else "No records.\n"
+
+
 def few_pixel(recs: Records) -> str:
     """Few-pixel DE success per k, untargeted and towards one random target, per model: on the
     first 100 test images where that run exists, else on the first 20 (said in the cell)."""
@@ -733,6 +761,7 @@ TABLES: dict[str, Callable[[Records], str]] = {
     "default-schedule": default_schedule,
     "new-attacks": new_attacks,
     "few-pixel": few_pixel,
+    "few-pixel-seeds": few_pixel_seeds,
     "local-forward": local_forward,
     "attack-libraries": attack_libraries,
     "table1": table1,

@@ -107,6 +107,22 @@ def test_every_marker_names_a_table_and_every_table_has_its_records(
         render.render_page("<!-- results:nope -->\n<!-- /results:nope -->", recs)
 
 
+def test_runs_that_differ_in_seed_are_listed_and_pooled(monkeypatch: pytest.MonkeyPatch) -> None:
+    render = load_render(monkeypatch)
+    cmd = "stadv attack --attack few-pixel --pixels 5 --strategy best1 --model C --seed "
+    recs = {
+        f"new_attacks/seeds/s{seed}": record(
+            command=cmd + str(seed), n=20, successes=hits, tags={"model": "C"}
+        )
+        for seed, hits in ((0, 5), (1, 7))
+    }
+    rows = render.few_pixel_seeds(recs).splitlines()[2:]
+    assert [r.split(" | ")[3] for r in rows] == ["0", "1", "pooled"]
+    low, high = wilson_interval(12, 40)
+    assert f"| 40 | 30.00 % [{100 * low:.2f}, {100 * high:.2f}] |" in rows[2]
+    assert "| best1 |" in rows[0] and "| 5 |" in rows[0]
+
+
 # ------------------------------------------------------------------------- the records
 
 
