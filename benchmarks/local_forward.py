@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from stadv.data import load_tensors
 from stadv.few_pixel import CPU_MAX_BATCH, FewPixel
-from stadv.local_forward import LocalForward, _out_box, _padding, local_layers
+from stadv.local_forward import LocalForward, _out_box
 from stadv.models import build_model
 from stadv.records import make_record, write_record
 from stadv.store import load_pretrained
@@ -81,7 +80,7 @@ class SparseSecondConv:
     the first layer's output alone (Model B's shape: two or more convolution stages, the
     second with stride s, no padding and a kernel divisible by s).
 
-    The first stage runs on each pixel's box (as :class:`LocalForward`); its change
+    The first stage runs on each pixel's box (:meth:`LocalForward._pyramid`); its change
     d = relu(a') - relu(a) is nonzero on those boxes only (a position in two boxes counts in
     the first), so conv2(a') = conv2(a) + conv2(d), and conv2(d) needs, per changed position
     R, only the taps u = R - s j of the outputs j that read it: one matrix product per residue
@@ -90,7 +89,8 @@ class SparseSecondConv:
     """
 
     def __init__(self, net: torch.nn.Module, clean: torch.Tensor) -> None:
-        self.pre, stages, self.tail = local_layers(net)
+        self.local = LocalForward(net, clean)
+        stages = self.local.stages
         if len(stages) < 2:
             raise ValueError(f"SparseSecondConv needs two convolution stages, got {len(stages)}")
         self.first, self.second, self.rest = stages[0], stages[1], stages[2:]
@@ -108,9 +108,8 @@ class SparseSecondConv:
         }
         with torch.no_grad():
             a = clean
-            for m in self.pre:
+            for m in self.local.pre:
                 a = m(a)
-            self.in_size = (a.shape[-2], a.shape[-1])
             a = self.first.conv(a)
             for m in self.first.after:
                 a = m(a)
@@ -128,19 +127,12 @@ class SparseSecondConv:
     ) -> torch.Tensor:
         n, k = rows.shape
         c1 = self.first.conv
-        h, w = self.in_size
+        h, w = self.local._sizes[0]
         who = torch.arange(n).repeat_interleave(k)
-        r, oh, h1 = _out_box(rows.reshape(-1), 1, c1, 0, h)
-        c, ow, w1 = _out_box(cols.reshape(-1), 1, c1, 1, w)
-        (sh, sw), (kh, kw), (ph, pw) = c1.stride, c1.kernel_size, _padding(c1)
-        win = LocalForward._gather(
-            images, who, r * sh - ph, c * sw - pw, (oh - 1) * sh + kh, (ow - 1) * sw + kw
-        )  # fmt: skip
-        for m in self.pre:
-            win = m(win)
-        new = F.conv2d(win, c1.weight, c1.bias, stride=c1.stride)
-        for m in self.first.after:
-            new = m(new)
+        pixels = (rows.reshape(-1), cols.reshape(-1), 1, 1)
+        r, oh, _ = _out_box(pixels[0], 1, c1, 0, h)
+        c, ow, _ = _out_box(pixels[1], 1, c1, 1, w)
+        new = self.local._pyramid(images, who, [pixels, (r, c, oh, ow)])  # (N k, C_in, oh, ow)
         ri = r[:, None] + torch.arange(oh)
         ci = c[:, None] + torch.arange(ow)
         old = self.a1[owner[who][:, None, None], :, ri[:, :, None], ci[:, None, :]]
@@ -178,7 +170,7 @@ class SparseSecondConv:
             a = stage.conv(a)
             for m in stage.after:
                 a = m(a)
-        for m in self.tail:
+        for m in self.local.tail:
             a = m(a)
         return a
 

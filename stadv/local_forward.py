@@ -279,8 +279,8 @@ class LocalForward:
         ok_c = (ci >= 0) & (ci < w)
         return (ok_r[:, :, None] & ok_c[:, None, :]).unsqueeze(1)
 
-    @staticmethod
     def _gather(
+        self,
         images: torch.Tensor,
         who: torch.Tensor,
         r: torch.Tensor,
@@ -293,7 +293,7 @@ class LocalForward:
         ri = (r.unsqueeze(1) + torch.arange(bh, device=r.device)).clamp(0, h - 1)
         ci = (c.unsqueeze(1) + torch.arange(bw, device=c.device)).clamp(0, w - 1)
         win = images[who[:, None, None], :, ri[:, :, None], ci[:, None, :]].permute(0, 3, 1, 2)
-        return win * LocalForward._inside(r, c, bh, bw, h, w).to(win.dtype)
+        return win * self._inside(r, c, bh, bw, h, w).to(win.dtype)
 
     @staticmethod
     def _write(
